@@ -1,0 +1,3 @@
+from cnnlab.cli import app
+
+app(prog_name="cnnlab")

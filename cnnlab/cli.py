@@ -1,0 +1,116 @@
+"""The `cnnlab` command line: one short function per subcommand, user errors -> exit 2."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from cnnlab.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ConvNets in practice: train, fine-tune, augment, test-time augment, benchmark convolutions.")
+
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable).")]
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Report UserError (bad file, key or value) as `error: ...` with exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from cnnlab import report
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            report.error(str(e))
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file.")] = None,
+    set_: Overrides = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a run folder from its checkpoints/last.ckpt.")] = None,
+    print_recipe: Annotated[bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")] = False,
+) -> None:
+    """Train a CNN from a recipe; writes a run folder with metrics, checkpoints, curves and results.json."""
+    from cnnlab import recipe as rc
+    from cnnlab import report
+
+    if resume is not None:
+        if recipe is not None:
+            raise UserError("give either a RECIPE or --resume RUN_DIR (which uses RUN_DIR/recipe.yaml), not both")
+        recipe = Path(resume) / "recipe.yaml"
+        if not recipe.is_file():
+            raise UserError(f"--resume: {resume} is not a run folder (no recipe.yaml)")
+    if recipe is None:
+        raise UserError("missing RECIPE: cnnlab train recipes/fashion_mnist.yaml")
+    r = rc.load(recipe, set_ or [])
+    if resume is not None:
+        r.output.name = Path(resume).name
+    if print_recipe:
+        import yaml
+
+        report.console.print(yaml.safe_dump(r.dump(), sort_keys=False), highlight=False, markup=False)
+        return
+    _quiet_lightning()
+    from cnnlab.tasks import train as task
+
+    report.train_summary(task.run(r, resume=resume))
+
+
+@app.command("eval")
+@user_errors
+def eval_(path: Annotated[Path, typer.Argument(help="A run folder or a .ckpt file.")]) -> None:
+    """Re-evaluate a run folder's best (or a given) checkpoint on the test split."""
+    from cnnlab import report
+
+    _quiet_lightning()
+    from cnnlab.tasks import evaluate
+
+    report.eval_summary(evaluate.run(path))
+
+
+def _not_yet(name: str, what: str) -> None:
+    extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+
+    @app.command(name, help=f"{what} (not available yet).", **extra)
+    def command(ctx: typer.Context) -> None:
+        from cnnlab import report
+
+        report.error(f"`cnnlab {name}` is not available yet in cnnlab {_version()}")
+        raise typer.Exit(2)
+
+
+def _version() -> str:
+    import cnnlab
+
+    return cnnlab.__version__
+
+
+_not_yet("finetune", "Transfer learning: fine-tune a pretrained backbone in one of four regimes")
+_not_yet("augment", "Preview, benchmark and ablate data augmentation")
+_not_yet("eval-tta", "Evaluate with test-time augmentation (multiple crops/flips, averaged)")
+_not_yet("bench-conv", "Benchmark convolution algorithms (direct, im2col, FFT) side by side")
+
+
+def main() -> None:
+    app(prog_name="cnnlab")

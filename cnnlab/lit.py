@@ -1,0 +1,139 @@
+"""The LightningModule (network injected, one shared step) and Trainer assembly from a recipe."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from cnnlab.recipe import OptimSpec, Recipe, ScheduleSpec
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, s: ScheduleSpec) -> float:
+    """Learning rate at `step` as a fraction of the peak: linear warm-up, then the named decay."""
+    warm = round(s.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)  # progress after warm-up, 0 -> 1
+    if s.name == "onecycle":
+        return 1 - (1 - s.final_frac) * t
+    if s.name == "cosine":
+        return s.final_frac + (1 - s.final_frac) * 0.5 * (1 + math.cos(math.pi * t))
+    if s.name == "step":
+        return s.gamma ** ((step - warm) // (s.step_epochs * steps_per_epoch))
+    return 1.0
+
+
+def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only (not norms, biases). `lr_scale` maps a parameter-name
+    prefix to a learning-rate multiplier (discriminative learning rates), one param group each."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        scale = next((v for k, v in (lr_scale or {}).items() if name.startswith(k)), 1.0)
+        groups.setdefault((scale, p.ndim > 1), []).append(p)
+    param_groups = [{"params": ps, "lr": spec.lr * scale, "weight_decay": spec.weight_decay if decay else 0.0}
+                    for (scale, decay), ps in groups.items()]
+    if spec.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=spec.lr, betas=spec.betas)
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy image classifier. Batches arrive as uint8 (B, C, H, W); augmentation (device
+    mode) and normalisation happen on the training device, after the transfer."""
+
+    def __init__(self, net: nn.Module, recipe: Recipe, num_classes: int, mean: Tensor, std: Tensor,
+                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+        super().__init__()
+        self.net, self.recipe, self.augment = net, recipe, augment
+        self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes}, logger=False)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
+        self.register_buffer("std", std.view(1, -1, 1, 1).clone())
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self._gen: torch.Generator | None = None
+        self.memory_format = torch.channels_last if recipe.trainer.channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        # every random draw of an epoch (dropout, augmentation) is a function of (seed, epoch),
+        # so a run resumed from an epoch's checkpoint continues exactly as an uninterrupted one
+        seed = self.recipe.seed * 100_003 + self.current_epoch
+        torch.manual_seed(seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        if self.augment is not None and self.trainer is not None and self.trainer.training and self._gen is not None:
+            x = self.augment(x, self._gen)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format), y
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.optim.label_smoothing if stage == "train" else 0.0)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        if stage == "test":
+            self.test_per_class.update(logits, y)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_per_class_acc = self.test_per_class.compute().tolist()
+        self.test_per_class.reset()
+
+    def configure_optimizers(self):
+        opt = build_optimizer(list(self.net.named_parameters()), self.recipe.optim)
+        total = self.trainer.estimated_stepping_batches
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, total, per_epoch, self.recipe.schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def build_trainer(recipe: Recipe, run_dir: Path, callbacks: list[pl.Callback] = (), has_val: bool = True,
+                  progress: bool = True) -> pl.Trainer:
+    """A Trainer with the recipe's `trainer:` arguments, rich progress, CSV metrics and checkpoints."""
+    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.loggers import CSVLogger
+
+    t = recipe.trainer
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
+                           monitor="val/acc" if has_val else None, mode="max", save_top_k=1)
+    cbs: list[pl.Callback] = [ckpt, *callbacks]
+    if progress:
+        cbs.append(RichProgressBar(leave=True))
+    return pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        max_epochs=t.max_epochs, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if has_val else 0,
+        log_every_n_steps=t.log_every_n_steps, callbacks=cbs, enable_progress_bar=progress,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""), default_root_dir=str(run_dir),
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )

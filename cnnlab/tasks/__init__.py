@@ -1,0 +1,1 @@
+"""Plain functions recipe -> result; no printing here (report.py renders)."""

@@ -1,0 +1,56 @@
+"""`cnnlab eval`: re-evaluate a run folder's (or a checkpoint file's) weights on the test split."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab import runinfo
+from cnnlab.errors import UserError
+from cnnlab.recipe import RecipeError, validate
+
+
+def find_checkpoint(path: Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise UserError(f"{path}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this run folder")
+    if not path.is_file():
+        raise UserError(f"{path}: no such run folder or checkpoint file")
+    return path
+
+
+def run(path: Path, progress: bool = True) -> dict[str, Any]:
+    from cnnlab.lit import build_trainer
+    from cnnlab.tasks.train import assemble
+
+    ckpt_path = find_checkpoint(path)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        raw = ckpt["hyper_parameters"]["recipe"]
+    except Exception as e:
+        raise UserError(f"{ckpt_path}: not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        recipe = validate(raw, f"{ckpt_path} (embedded recipe)")
+    except RecipeError:
+        raise
+    a = assemble(recipe)
+    a.module.load_state_dict(ckpt["state_dict"])
+    run_dir = ckpt_path.parent.parent
+    trainer = build_trainer(recipe, run_dir / "eval", progress=progress, has_val=False)
+    trainer.logger = None
+    tested = trainer.test(a.module, datamodule=a.data, verbose=False)[0]
+    results = {
+        "checkpoint": str(ckpt_path),
+        "test_acc": tested["test/acc"],
+        "test_loss": tested["test/loss"],
+        "per_class_acc": dict(zip(a.data.test.classes, a.module.test_per_class_acc)),
+        "images": len(a.data.test.labels),
+        "device": runinfo.device_info(a.module.device),
+        "versions": runinfo.versions(),
+    }
+    runinfo.write_json(run_dir / "eval.json", results)
+    return results
