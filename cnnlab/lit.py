@@ -67,17 +67,21 @@ class Classifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def on_train_epoch_start(self) -> None:
-        # every random draw of an epoch (dropout, augmentation) is a function of (seed, epoch),
-        # so a run resumed from an epoch's checkpoint continues exactly as an uninterrupted one
-        seed = self.recipe.seed * 100_003 + self.current_epoch
+    def _seed_step(self) -> None:
+        # every random draw of a step (dropout, augmentation) is a function of (seed, step), so a
+        # run resumed from a checkpoint continues exactly as an uninterrupted one would have
+        seed = self.recipe.seed * 1_000_003 + self.global_step
         torch.manual_seed(seed)
-        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        if self._gen is None:
+            self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(seed)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         x, y = batch
-        if self.augment is not None and self.trainer is not None and self.trainer.training and self._gen is not None:
-            x = self.augment(x, self._gen)
+        if self._trainer is not None and self.trainer.training:
+            self._seed_step()
+            if self.augment is not None:
+                x = self.augment(x, self._gen)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format), y

@@ -1,6 +1,7 @@
 """Evidence that travels with results: run folders, versions, device, peak memory, throughput."""
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import resource
@@ -34,6 +35,27 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def read_metrics(path: Path, before_epoch: int) -> list[dict[str, str]]:
+    """Rows of a Lightning metrics.csv logged before `before_epoch` (kept across a resume)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("epoch") and int(row["epoch"]) < before_epoch]
+
+
+def prepend_metrics(path: Path, rows: list[dict[str, str]]) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh; put the rows from before a resume back."""
+    if not rows:
+        return
+    with open(path, newline="") as f:
+        new = list(csv.DictReader(f))
+    keys = sorted(set().union(*rows, *new) - {"epoch", "step"})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys])
+        w.writeheader()
+        w.writerows(rows + new)
 
 
 def versions() -> dict[str, str]:

@@ -46,8 +46,12 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         progress: bool = True) -> dict[str, Any]:
     """Train, test the best checkpoint, write the run folder; returns results.json's content."""
     a = assemble(recipe)
+    earlier: list[dict[str, str]] = []
     if resume is not None:
         run_dir, ckpt_path = Path(resume), last_checkpoint(resume)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        done = state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]  # epochs trained
+        earlier = runinfo.read_metrics(run_dir / "metrics.csv", before_epoch=done)
     else:
         run_dir, ckpt_path = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "run"), None
     runinfo.write_recipe(run_dir, recipe.dump())
@@ -57,8 +61,6 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     t0 = time.perf_counter()
     trainer.fit(a.module, datamodule=a.data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
-    if trainer.interrupted:
-        raise KeyboardInterrupt
     best = trainer.checkpoint_callback.best_model_path if has_val else ""
     tested = trainer.test(a.module, datamodule=a.data, ckpt_path=best or None, verbose=False)[0]
     device = a.module.device
@@ -80,6 +82,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "seed": recipe.seed,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
     }
+    runinfo.prepend_metrics(run_dir / "metrics.csv", earlier)
     runinfo.write_json(run_dir / "results.json", results)
     if recipe.output.plots:
         from cnnlab.report import plot_curves
