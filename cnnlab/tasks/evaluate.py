@@ -8,7 +8,7 @@ import torch
 
 from cnnlab import runinfo
 from cnnlab.errors import UserError
-from cnnlab.recipe import RecipeError, validate
+from cnnlab.recipe import validate
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -24,7 +24,9 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def run(path: Path, progress: bool = True) -> dict[str, Any]:
-    from cnnlab.lit import build_trainer
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichProgressBar
+
     from cnnlab.tasks.train import assemble
 
     ckpt_path = find_checkpoint(path)
@@ -33,15 +35,14 @@ def run(path: Path, progress: bool = True) -> dict[str, Any]:
         raw = ckpt["hyper_parameters"]["recipe"]
     except Exception as e:
         raise UserError(f"{ckpt_path}: not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
-    try:
-        recipe = validate(raw, f"{ckpt_path} (embedded recipe)")
-    except RecipeError:
-        raise
+    recipe = validate(raw, f"{ckpt_path} (embedded recipe)")
     a = assemble(recipe)
     a.module.load_state_dict(ckpt["state_dict"])
     run_dir = ckpt_path.parent.parent
-    trainer = build_trainer(recipe, run_dir / "eval", progress=progress, has_val=False)
-    trainer.logger = None
+    t = recipe.trainer
+    trainer = pl.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                         callbacks=[RichProgressBar(leave=True)] if progress else [])
     tested = trainer.test(a.module, datamodule=a.data, verbose=False)[0]
     results = {
         "checkpoint": str(ckpt_path),
