@@ -254,20 +254,17 @@ def _fields_at(model: type[BaseModel], loc: Path_) -> list[str]:
     return list(getattr(cur, "model_fields", {}))
 
 
-def _problems(err: ValidationError, raw: dict, lines: dict[Path_, int], root: type[BaseModel],
-              prefix: Path_ = ()) -> dict[Path_, list[str]]:
+def _problems(err: ValidationError, raw: dict, root: type[BaseModel]) -> dict[Path_, list[str]]:
     found: dict[Path_, list[str]] = {}
     for e in err.errors():
-        loc = prefix + tuple(e["loc"])
-        path = _present(raw, loc)
-        allowed = _fields_at(root, tuple(e["loc"])) if root is not None else []
-        msg = _describe(e, allowed)
+        path = _present(raw, tuple(e["loc"]))
+        msg = _describe(e, _fields_at(root, tuple(e["loc"])))
         if msg not in found.setdefault(path, []):
             found[path].append(msg)
     return found
 
 
-def _kwarg_problems(raw: dict, lines: dict[Path_, int]) -> dict[Path_, list[str]]:
+def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
     """Check `model:` and `augment.ops[i]` keys against the registered builders' signatures."""
     from cnnlab.augment import OPS
     from cnnlab.models import MODELS, MODEL_SKIP
@@ -314,15 +311,14 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None) -> Re
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        found.update(_problems(err, raw, lines, Recipe))
-    for path, msgs in _kwarg_problems(raw, lines).items():
+        found.update(_problems(err, raw, Recipe))
+    for path, msgs in _kwarg_problems(raw).items():
         found.setdefault(path, []).extend(m for m in msgs if m not in found.get(path, []))
-    if recipe is not None:
-        for path, msg in _cross_checks(recipe):
-            found.setdefault(path, []).append(msg)
+    for path, msg in _cross_checks(raw):
+        found.setdefault(path, []).append(msg)
     if found:
         problems = []
-        for path, msgs in found.items():
+        for path, msgs in sorted(found.items(), key=lambda kv: _line_key(lines.get(kv[0]))):
             where = lines.get(path)
             at = f" (line {where})" if isinstance(where, int) else f" ({where})" if where else ""
             problems.append(f"{_fmt_path(path)}{at}: {'; or '.join(msgs)}")
@@ -330,24 +326,42 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None) -> Re
     return recipe  # type: ignore[return-value]
 
 
-def _cross_checks(r: Recipe) -> list[tuple[Path_, str]]:
-    """Combinations each valid alone but not together, on this machine."""
+def _line_key(line: Any) -> tuple[int, int]:
+    return (0, line) if isinstance(line, int) else (1, 0)
+
+
+def _section(raw: dict, name: str, spec: type[Spec]) -> Any:
+    """One section validated on its own (None if it has problems, which are reported already)."""
+    try:
+        return spec.model_validate(raw.get(name) or {})
+    except ValidationError:
+        return None
+
+
+def _cross_checks(raw: dict) -> list[tuple[Path_, str]]:
+    """Combinations each valid alone but not together, on this machine; per valid section, so they
+    are reported alongside any other problem."""
     import torch
 
     out: list[tuple[Path_, str]] = []
-    acc = r.trainer.accelerator
-    has_cuda = torch.cuda.is_available()
-    if acc in ("gpu", "cuda") and not has_cuda:
-        out.append((("trainer", "accelerator"), f"'{acc}' needs a CUDA device and none is visible; use cpu or auto"))
-    on_cpu = acc == "cpu" or (acc == "auto" and not has_cuda and not torch.backends.mps.is_available())
-    if on_cpu and r.trainer.precision in CUDA_ONLY_PRECISIONS:
-        ok = [p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS]
-        out.append((("trainer", "precision"),
-                    f"'{r.trainer.precision}' needs a CUDA device; on cpu choose from {', '.join(ok)}"))
-    if r.data.source == "imagefolder" and r.data.image_size is None:
-        out.append((("data", "image_size"), "imagefolder needs an image_size (images are resized to a square)"))
-    if r.data.classes is not None and len(set(r.data.classes)) != len(r.data.classes):
-        out.append((("data", "classes"), f"class ids must be distinct, got {r.data.classes}"))
+    t = _section(raw, "trainer", TrainerSpec)
+    if t is not None:
+        has_cuda = torch.cuda.is_available()
+        if t.accelerator in ("gpu", "cuda") and not has_cuda:
+            out.append((("trainer", "accelerator"),
+                        f"'{t.accelerator}' needs a CUDA device and none is visible; use cpu or auto"))
+        on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not has_cuda
+                                            and not torch.backends.mps.is_available())
+        if on_cpu and t.precision in CUDA_ONLY_PRECISIONS:
+            ok = [p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS]
+            out.append((("trainer", "precision"),
+                        f"'{t.precision}' needs a CUDA device; on cpu choose from {', '.join(ok)}"))
+    d = _section(raw, "data", DataSpec)
+    if d is not None:
+        if d.source == "imagefolder" and d.image_size is None:
+            out.append((("data", "image_size"), "imagefolder needs an image_size (images are resized to a square)"))
+        if d.classes is not None and len(set(d.classes)) != len(d.classes):
+            out.append((("data", "classes"), f"class ids must be distinct, got {d.classes}"))
     return out
 
 

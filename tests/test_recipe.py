@@ -60,10 +60,11 @@ def test_unknown_torchvision_model(tmp_path):
     assert "torchvision:resnet19" in p and "did you mean 'resnet18'" in p
 
 
-def test_precision_needs_cuda_on_cpu(tmp_path):
-    [p] = problems(tmp_path, "trainer:\n  accelerator: cpu\n  precision: 16-mixed\n")
-    assert p.startswith("trainer.precision (line 3): '16-mixed' needs a CUDA device; on cpu choose from")
-    assert "bf16-mixed" in p
+def test_precision_needs_cuda_on_cpu_reported_with_other_problems(tmp_path):
+    ps = problems(tmp_path, "optim:\n  lr: 0\ntrainer:\n  accelerator: cpu\n  precision: 16-mixed\n")
+    assert ps[0].startswith("optim.lr (line 2)")
+    assert ps[1].startswith("trainer.precision (line 5): '16-mixed' needs a CUDA device; on cpu choose from")
+    assert "bf16-mixed" in ps[1]
 
 
 def test_unknown_strategy(tmp_path):

@@ -1,0 +1,4 @@
+from cnnlab.data.module import ImageDataModule
+from cnnlab.data.sources import SOURCES, Split
+
+__all__ = ["ImageDataModule", "SOURCES", "Split"]
