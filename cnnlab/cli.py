@@ -89,6 +89,42 @@ def eval_(path: Annotated[Path, typer.Argument(help="A run folder or a .ckpt fil
     report.eval_summary(evaluate.run(path))
 
 
+@app.command()
+@user_errors
+def augment(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file with an augment: section.")],
+    set_: Overrides = None,
+    bench: Annotated[bool, typer.Option("--bench", help="Measure images/s: device vs loader mode vs a plain copy.")] = False,
+    ablate: Annotated[bool, typer.Option("--ablate", help="Train with no augmentation, each op alone, and all ops.")] = False,
+    rows: Annotated[int, typer.Option(min=1, max=10, help="Images (rows) in the preview grid.")] = 6,
+    batch_size: Annotated[int, typer.Option(min=1, help="--bench: images per augmented batch.")] = 512,
+) -> None:
+    """Preview the recipe's augmentation (augment_grid.png), benchmark it, and ablate it."""
+    from cnnlab import recipe as rc
+    from cnnlab import report, runinfo
+    from cnnlab.tasks import augment as task
+
+    r = rc.load(recipe, set_ or [])
+    _quiet_lightning()
+    g = task.grid(r, rows=rows)  # loads the data: a bad root fails here, before any folder exists
+    b = task.bench(r, batch_size=batch_size) if bench else None
+    run_dir = runinfo.new_run_dir(r.output.dir, f"{r.output.name or 'run'}-augment")
+    runinfo.write_recipe(run_dir, r.dump())
+    report.plot_grid(g, run_dir / "augment_grid.png")
+    report.console.print(f"wrote {run_dir / 'augment_grid.png'} ({len(g.labels)} images x {len(g.columns)} columns: "
+                         f"{', '.join(g.columns)})", highlight=False)
+    results: dict = {"run_dir": str(run_dir), "grid": str(run_dir / "augment_grid.png")}
+    if b is not None:
+        results["bench"] = b
+        report.bench_table(b)
+    if ablate:
+        results["ablation"] = a = task.ablate(r, run_dir / "ablation")
+        report.ablation_table(a)
+        report.plot_ablation(a, run_dir / "ablation.png")
+        report.console.print(f"wrote {run_dir / 'ablation.png'}", highlight=False)
+    runinfo.write_json(run_dir / "results.json", results)
+
+
 def _not_yet(name: str, what: str) -> None:
     extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
 
@@ -107,7 +143,6 @@ def _version() -> str:
 
 
 _not_yet("finetune", "Transfer learning: fine-tune a pretrained backbone in one of four regimes")
-_not_yet("augment", "Preview, benchmark and ablate data augmentation")
 _not_yet("eval-tta", "Evaluate with test-time augmentation (multiple crops/flips, averaged)")
 _not_yet("bench-conv", "Benchmark convolution algorithms (direct, im2col, FFT) side by side")
 

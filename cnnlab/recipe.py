@@ -266,7 +266,7 @@ def _problems(err: ValidationError, raw: dict, root: type[BaseModel]) -> dict[Pa
 
 def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
     """Check `model:` and `augment.ops[i]` keys against the registered builders' signatures."""
-    from cnnlab.augment import OPS
+    from cnnlab.augment import OPS, op_skip
     from cnnlab.models import MODELS, MODEL_SKIP
 
     found: dict[Path_, list[str]] = {}
@@ -276,13 +276,11 @@ def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
         calls.append((("model",), MODELS, MODEL_SKIP, model))
     ops = (raw.get("augment") or {}).get("ops") if isinstance(raw.get("augment"), dict) else None
     if isinstance(ops, list):
-        from cnnlab.augment import OP_SKIP
-
         for i, op in enumerate(ops):
             if not isinstance(op, dict) or "name" not in op:
                 found[("augment", "ops", i)] = ["each op must be a mapping with a 'name' key, e.g. {name: hflip}"]
                 continue
-            calls.append((("augment", "ops", i), OPS, OP_SKIP, op))
+            calls.append((("augment", "ops", i), OPS, None, op))
     for path, registry, skip, d in calls:
         try:
             fn = registry.get(d.get("name", "vgg-small"))
@@ -290,6 +288,7 @@ def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
             if path[0] != "model":  # the model name is already reported by ModelSpec
                 found.setdefault(path + ("name",), []).append(str(e.args[0]))
             continue
+        skip = skip if skip is not None else op_skip(fn)
         kwargs = {k: v for k, v in d.items() if k != "name"}
         try:
             check_kwargs(fn, kwargs, skip)
@@ -318,12 +317,20 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None) -> Re
         found.setdefault(path, []).append(msg)
     if found:
         problems = []
-        for path, msgs in sorted(found.items(), key=lambda kv: _line_key(lines.get(kv[0]))):
-            where = lines.get(path)
+        for path, msgs in sorted(found.items(), key=lambda kv: _line_key(_line_of(kv[0], lines))):
+            where = _line_of(path, lines)
             at = f" (line {where})" if isinstance(where, int) else f" ({where})" if where else ""
             problems.append(f"{_fmt_path(path)}{at}: {'; or '.join(msgs)}")
         raise RecipeError(source, problems)
     return recipe  # type: ignore[return-value]
+
+
+def _line_of(path: Path_, lines: dict[Path_, Any]) -> Any:
+    """The line of `path`, or of its nearest ancestor that has one (e.g. a whole list set by --set)."""
+    for n in range(len(path), 0, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
 
 
 def _line_key(line: Any) -> tuple[int, int]:

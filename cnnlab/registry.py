@@ -46,7 +46,7 @@ class Registry(Generic[T]):
         if sep and prefix in self._prefixes:
             return self._prefixes[prefix](rest)
         raise KeyError(
-            f"'{name}' is not a {self.kind}{did_you_mean(name, sorted(self._parts))}; "
+            f"'{name}' is not {'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind}{did_you_mean(name, sorted(self._parts))}; "
             f"choose from {', '.join(self.names())}"
         )
 

@@ -86,3 +86,85 @@ def eval_summary(r: dict[str, Any]) -> None:
     t.add_row("test loss", f"{r['test_loss']:.4f}")
     t.add_row("test images", str(r["images"]))
     console.print(t)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_grid(g, out_png: Path) -> None:
+    """Rows of real images, one column per op (and pipeline draws)."""
+    plt = _plt()
+    rows, cols = g.images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            im = g.images[r, c].permute(1, 2, 0).numpy()
+            ax = axes[r][c]
+            ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(g.columns[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(g.labels[r], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def bench_table(b: dict[str, Any]) -> None:
+    t = Table(title=f"augmentation throughput: {' + '.join(b['ops'])}, batch {b['batch_size']}, "
+                    f"{b['images_per_repeat']} images per repeat, {b['threads']} threads, median",
+              title_justify="left")
+    t.add_column("mode")
+    t.add_column("images/s", justify="right")
+    t.add_column("vs loader", justify="right")
+    t.add_column("vs copy", justify="right")
+    ips = b["images_per_s"]
+    desc = {"device": f"device ({b['device']}, batched)", "loader": f"loader ({b['loader_workers']} workers, v2 per sample)",
+            "copy": "plain copy of the same bytes"}
+    for k in ("device", "loader", "copy"):
+        t.add_row(desc[k], f"{ips[k]:,.0f}", f"{ips[k] / ips['loader']:.1f}x", f"{ips[k] / ips['copy']:.2f}x")
+    console.print(t)
+
+
+def ablation_table(a: dict[str, Any]) -> None:
+    t = Table(title=f"augmentation ablation: test accuracy at an equal budget ({a['epochs']} epochs, seed {a['seed']})",
+              title_justify="left")
+    t.add_column("variant")
+    t.add_column("test acc", justify="right")
+    t.add_column("vs none", justify="right")
+    t.add_column("train time", justify="right")
+    for row in a["variants"]:
+        gain = row["gain_vs_none"]
+        style = "green" if gain > 0 else "red" if gain < 0 else ""
+        t.add_row(row["variant"], f"{row['test_acc']:.2%}", f"[{style}]{gain:+.2%}[/]" if style else "—",
+                  f"{row['wall_time_s']:.0f} s")
+    console.print(t)
+
+
+def plot_ablation(a: dict[str, Any], out_png: Path) -> None:
+    plt = _plt()
+    names = [r["variant"] for r in a["variants"]]
+    accs = [r["test_acc"] * 100 for r in a["variants"]]
+    none = accs[0]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 4))
+    colors = ["#888888"] + ["#2a9d8f" if v > none else "#e76f51" for v in accs[1:]]
+    ax.bar(names, accs, color=colors)
+    ax.axhline(none, color="black", lw=0.8, ls="--", label="no augmentation")
+    lo = min(accs)
+    ax.set_ylim(max(0, lo - 2 * (max(accs) - lo + 0.5)), max(accs) + 0.5)
+    for i, v in enumerate(accs):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"augmentation ablation, {a['epochs']} epochs, equal budget")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

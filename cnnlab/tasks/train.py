@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from cnnlab import runinfo
-from cnnlab.augment import build_pipeline
+from cnnlab.augment import Pipeline, build_pipeline
+from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
@@ -22,6 +23,7 @@ from cnnlab.recipe import Recipe
 class Assembled:
     data: ImageDataModule
     module: Classifier
+    pipeline: Pipeline | None  # the recipe's augmentation, fitted to the training images
 
 
 def assemble(recipe: Recipe) -> Assembled:
@@ -30,9 +32,12 @@ def assemble(recipe: Recipe) -> Assembled:
     data = ImageDataModule(recipe.data, seed=recipe.seed)
     data.setup("fit")
     net = build_model(recipe.model.name, data.in_channels, data.num_classes, **recipe.model.kwargs())
-    augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None
-    module = Classifier(net, recipe, data.num_classes, data.mean, data.std, augment=augment)
-    return Assembled(data, module)
+    pipeline = build_pipeline(recipe.augment.ops, data.train.images)
+    if pipeline is not None and recipe.augment.where == "loader":
+        data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:]))
+    device_aug = pipeline if recipe.augment.where == "device" else None
+    module = Classifier(net, recipe, data.num_classes, data.mean, data.std, augment=device_aug)
+    return Assembled(data, module, pipeline)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -55,6 +60,9 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     else:
         run_dir, ckpt_path = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "run"), None
     runinfo.write_recipe(run_dir, recipe.dump())
+    if a.pipeline is not None and a.pipeline.fitted:  # e.g. PCA lighting's eigenpairs, as evidence
+        runinfo.write_json(run_dir / "augment_fit.json", {k: {n: t.tolist() for n, t in v.items()}
+                                                          for k, v in a.pipeline.fitted.items()})
     has_val = len(a.data.val.labels) > 0
     speed = runinfo.Throughput()
     trainer = build_trainer(recipe, run_dir, [speed, *callbacks], has_val=has_val, progress=progress)
