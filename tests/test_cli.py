@@ -102,7 +102,7 @@ def test_print_recipe_writes_nothing(cli):
     (["train", SMOKE, "--set", "data.root=/nonexistent"], "data.root: Fashion-MNIST idx files"),
     (["train", "--resume", "/nonexistent"], "--resume: /nonexistent is not a run folder"),
     (["eval", "/nonexistent"], "/nonexistent: no such run folder or checkpoint file"),
-    (["augment", "x.yaml"], "`cnnlab augment` is not available yet"),
+    (["eval-tta", "x.yaml"], "`cnnlab eval-tta` is not available yet"),
 ])
 def test_user_errors_exit_2_without_traceback(cli, args, message):
     args = [a if a != SMOKE else a for a in args] + (["--set", f"output.dir={cli.runs}"] if args[0] == "train" and len(args) > 2 else [])
