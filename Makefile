@@ -25,6 +25,7 @@ test: setup data
 
 bench: setup data
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/augment_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -30,11 +30,7 @@ def epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     """Loss and accuracy per epoch, train and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     m = epoch_metrics(metrics_csv)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, what in zip(axes, ("loss", "acc")):
@@ -54,22 +50,28 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def train_summary(r: dict[str, Any]) -> None:
-    t = Table(title=f"run {r['run_dir']}", show_header=False, title_justify="left")
+def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("test accuracy", f"{r['test_acc']:.2%}")
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def train_summary(r: dict[str, Any]) -> None:
+    rows = [("test accuracy", f"{r['test_acc']:.2%}")]
     if r.get("best_val_acc") is not None:
-        t.add_row("best val accuracy", f"{r['best_val_acc']:.2%}")
-    t.add_row("epochs", str(r["epochs"]))
-    t.add_row("images train/val/test", "/".join(str(v) for v in r["images"].values()))
-    t.add_row("parameters", f"{r['parameters']:,}")
-    t.add_row("wall time", f"{r['wall_time_s']:.1f} s")
-    t.add_row("training throughput", f"{r['train_images_per_s']:,.0f} images/s")
-    t.add_row("peak host memory", f"{r['peak_memory']['host_rss_mib']:.0f} MiB")
-    t.add_row("device", f"{r['device']['type']}: {r['device']['name']}")
-    t.add_row("checkpoint", r["checkpoint"])
-    console.print(t)
+        rows.append(("best val accuracy", f"{r['best_val_acc']:.2%}"))
+    rows += [("epochs", str(r["epochs"])),
+             ("images train/val/test", "/".join(str(v) for v in r["images"].values())),
+             ("parameters", f"{r['parameters']:,}"),
+             ("wall time", f"{r['wall_time_s']:.1f} s"),
+             ("training throughput", f"{r['train_images_per_s']:,.0f} images/s"),
+             ("peak host memory", f"{r['peak_memory']['host_rss_mib']:.0f} MiB"),
+             ("device", f"{r['device']['type']}: {r['device']['name']}"),
+             ("checkpoint", r["checkpoint"])]
+    console.print(_kv_table(f"run {r['run_dir']}", rows))
     per = Table(title="per-class test accuracy", title_justify="left")
     per.add_column("class")
     per.add_column("accuracy", justify="right")
@@ -79,13 +81,9 @@ def train_summary(r: dict[str, Any]) -> None:
 
 
 def eval_summary(r: dict[str, Any]) -> None:
-    t = Table(title=f"checkpoint {r['checkpoint']}", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("test accuracy", f"{r['test_acc']:.2%}")
-    t.add_row("test loss", f"{r['test_loss']:.4f}")
-    t.add_row("test images", str(r["images"]))
-    console.print(t)
+    console.print(_kv_table(f"checkpoint {r['checkpoint']}", [
+        ("test accuracy", f"{r['test_acc']:.2%}"), ("test loss", f"{r['test_loss']:.4f}"),
+        ("test images", str(r["images"]))]))
 
 
 def _plt():
