@@ -98,6 +98,7 @@ def augment(
     ablate: Annotated[bool, typer.Option("--ablate", help="Train with no augmentation, each op alone, and all ops.")] = False,
     rows: Annotated[int, typer.Option(min=1, max=10, help="Images (rows) in the preview grid.")] = 6,
     batch_size: Annotated[int, typer.Option(min=1, help="--bench: images per augmented batch.")] = 512,
+    seeds: Annotated[int, typer.Option(min=1, help="--ablate: training runs per variant (seeds seed, seed+1, ...).")] = 1,
 ) -> None:
     """Preview the recipe's augmentation (augment_grid.png), benchmark it, and ablate it."""
     from cnnlab import recipe as rc
@@ -118,7 +119,7 @@ def augment(
         results["bench"] = b
         report.bench_table(b)
     if ablate:
-        results["ablation"] = a = task.ablate(r, run_dir / "ablation")
+        results["ablation"] = a = task.ablate(r, run_dir / "ablation", seeds=seeds)
         report.ablation_table(a)
         report.plot_ablation(a, run_dir / "ablation.png")
         report.console.print(f"wrote {run_dir / 'ablation.png'}", highlight=False)

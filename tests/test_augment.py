@@ -232,19 +232,22 @@ def test_crop_larger_than_image_is_a_user_error_before_training(real):
 
 def test_augment_cli_grid_bench_and_ablation(cli, tmp_path):
     recipe = write(tmp_path / "a.yaml", (RECIPES / "smoke.yaml").read_text() +
-                   "augment:\n  ops:\n    - {name: shift, max_px: 2}\n    - {name: hflip}\n")
+                   "augment:\n  ops:\n    - {name: shift, max_px: 2}\n")
     res = cli("augment", str(recipe), "--rows", "3", "--bench", "--ablate", "--set", f"output.dir={cli.runs}",
-              "--set", "trainer.max_epochs=1", "--set", "data.batch_size=64", "--batch-size", "64")
+              "--set", "trainer.max_epochs=1", "--set", "data.batch_size=64", "--batch-size", "64", "--seeds", "2")
     assert res.exit_code == 0, res.output
     [run] = list(cli.runs.iterdir())
     img = read_image(str(run / "augment_grid.png"))
-    assert img.shape[1:] == (430, 780)  # 3 rows x (original + 2 ops + 3 draws), 1.3 in per cell at 100 dpi
+    assert img.shape[1:] == (430, 650)  # 3 rows x (original + 1 op + 3 draws), 1.3 in per cell at 100 dpi
     r = json.loads((run / "results.json").read_text())
     assert set(r["bench"]["images_per_s"]) == {"device", "loader", "copy"}
     assert all(v > 0 for v in r["bench"]["images_per_s"].values())
-    variants = [v["variant"] for v in r["ablation"]["variants"]]
-    assert variants == ["none", "shift", "hflip", "all"]
-    assert (run / "ablation.png").is_file() and len(list((run / "ablation").iterdir())) == 4
+    variants = r["ablation"]["variants"]
+    assert [v["variant"] for v in variants] == ["none", "shift", "all"] and r["ablation"]["seeds"] == [0, 1]
+    for v in variants:  # mean over the two seeds' runs, and the gain paired by seed
+        assert v["test_acc"] == pytest.approx(sum(v["test_accs"]) / 2) and len(v["run_dirs"]) == 2
+        assert v["gain_vs_none"] == pytest.approx(v["test_acc"] - variants[0]["test_acc"])
+    assert (run / "ablation.png").is_file() and len(list((run / "ablation").iterdir())) == 6
     assert "vs none" in res.output and "images/s" in res.output
 
 

@@ -130,27 +130,31 @@ def ablation_variants(ops: list[dict[str, Any]]) -> list[tuple[str, list[dict[st
     return [("none", []), *((op["name"], [op]) for op in ops), ("all", ops)]
 
 
-def ablate(recipe: Recipe, out_dir: Path, progress: bool = True,
-           on_variant: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
-    """One ordinary cnnlab training run per variant, same data, model, budget and seed; the runs
-    are kept under `out_dir`. Returns test accuracy per variant and its gain over 'none'."""
+def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Ordinary cnnlab training runs per variant and seed (recipe seed, +1, ...): same data, model
+    and budget; the runs are kept under `out_dir`. Test accuracy per variant as the mean over seeds,
+    with its spread, and the mean gain over 'none' (paired by seed)."""
     from cnnlab.tasks import train as train_task
 
     if not recipe.augment.ops:
         raise UserError("augment.ops: the recipe has no augmentation ops to ablate")
     base = recipe.dump()
+    seed_list = [recipe.seed + k for k in range(seeds)]
     rows = []
     for name, ops in ablation_variants(base["augment"]["ops"]):
-        raw = copy.deepcopy(base)
-        raw["augment"]["ops"] = ops
-        raw["output"].update(dir=str(out_dir), name=name)
-        r = train_task.run(validate(raw, f"ablation variant {name}"), progress=progress)
-        rows.append({"variant": name, "test_acc": r["test_acc"], "best_val_acc": r["best_val_acc"],
-                     "wall_time_s": r["wall_time_s"], "run_dir": r["run_dir"]})
-        if on_variant:
-            on_variant(name, r)
-    none = rows[0]["test_acc"]
+        runs = []
+        for seed in seed_list:
+            raw = copy.deepcopy(base)
+            raw["augment"]["ops"], raw["seed"] = ops, seed
+            raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
+            runs.append(train_task.run(validate(raw, f"ablation variant {name}"), progress=progress))
+        accs = [r["test_acc"] for r in runs]
+        rows.append({"variant": name, "test_acc": statistics.mean(accs),
+                     "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_accs": accs,
+                     "wall_time_s": statistics.mean(r["wall_time_s"] for r in runs),
+                     "run_dirs": [r["run_dir"] for r in runs]})
+    none = rows[0]["test_accs"]
     for row in rows:
-        row["gain_vs_none"] = row["test_acc"] - none
-    return {"variants": rows, "epochs": recipe.trainer.max_epochs, "train_images": recipe.data.subset,
-            "seed": recipe.seed}
+        row["gain_vs_none"] = statistics.mean(a - b for a, b in zip(row["test_accs"], none))
+    return {"variants": rows, "epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset,
+            "seeds": seed_list}
