@@ -28,7 +28,7 @@ def epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def plot_curves(metrics_csv: Path, out_png: Path) -> None:
+def plot_curves(metrics_csv: Path, out_png: Path, label_smoothing: float = 0.0) -> None:
     """Loss and accuracy per epoch, train and validation."""
     plt = _plt()
     m = epoch_metrics(metrics_csv)
@@ -43,7 +43,7 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_title("loss")
+    axes[0].set_title(f"loss (train with label smoothing {label_smoothing:g})" if label_smoothing else "loss")
     axes[1].set_title("accuracy")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

@@ -95,7 +95,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     if recipe.output.plots:
         from cnnlab.report import plot_curves
 
-        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", recipe.optim.label_smoothing)
     return results
 
 
