@@ -132,7 +132,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, callbacks: list[pl.Callback] = 
                            monitor="val/acc" if has_val else None, mode="max", save_top_k=1)
     cbs: list[pl.Callback] = [ckpt, *callbacks]
     if progress:
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(RichProgressBar(leave=False))
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         max_epochs=t.max_epochs, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,

@@ -42,7 +42,7 @@ def run(path: Path, progress: bool = True) -> dict[str, Any]:
     t = recipe.trainer
     trainer = pl.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                         callbacks=[RichProgressBar(leave=True)] if progress else [])
+                         callbacks=[RichProgressBar(leave=False)] if progress else [])
     tested = trainer.test(a.module, datamodule=a.data, verbose=False)[0]
     results = {
         "checkpoint": str(ckpt_path),
