@@ -160,8 +160,8 @@ def plot_ablation(a: dict[str, Any], out_png: Path) -> None:
     colors = ["#888888"] + ["#2a9d8f" if v > none else "#e76f51" for v in accs[1:]]
     ax.bar(names, accs, color=colors, yerr=errs if len(a["seeds"]) > 1 else None, capsize=3)
     ax.axhline(none, color="black", lw=0.8, ls="--", label="no augmentation")
-    lo = min(accs)
-    ax.set_ylim(max(0, lo - 2 * (max(accs) - lo + 0.5)), max(accs) + 0.5)
+    lo, hi = min(a - e for a, e in zip(accs, errs)), max(a + e for a, e in zip(accs, errs))
+    ax.set_ylim(max(0, lo - 2 * (hi - lo + 0.5)), hi + 0.5)
     for i, v in enumerate(accs):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
