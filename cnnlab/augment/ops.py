@@ -59,17 +59,18 @@ def _pad(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> 
 def translate(x: Tensor, dy: Tensor, dx: Tensor, out_h: int, out_w: int, pad_mode: str,
               reach: tuple[int, int, int, int]) -> Tensor:
     """out[b, :, r, c] = x[b, :, r + dy[b], c + dx[b]], outside the image filled per `pad_mode`.
-    `reach` = (min dy, max dy, min dx, max dx) the draws can take. Pads once, views every window
-    of the padded batch without copying, then copies each sample's window out: (B, C, out_h, out_w)."""
+    `reach` = (min dy, max dy, min dx, max dx) the draws can take. Pads once, then one gather over
+    each flattened padded image: a window is the same index grid moved by one offset per sample."""
     B, C, H, W = x.shape
     ylo, yhi, xlo, xhi = reach
     top, left = max(0, -ylo), max(0, -xlo)
-    xp = _pad(x, top, max(0, yhi + out_h - H), left, max(0, xhi + out_w - W), pad_mode)
-    ny, nx = yhi - ylo + 1, xhi - xlo + 1
-    sb, sc, sh, sw = xp.stride()
-    base = (ylo + top) * sh + (xlo + left) * sw
-    windows = xp.as_strided((B, C, ny, nx, out_h, out_w), (sb, sc, sh, sw, sh, sw), xp.storage_offset() + base)
-    return windows[torch.arange(B, device=x.device), :, dy - ylo, dx - xlo]  # (B, C, out_h, out_w)
+    xp = _pad(x, top, max(0, yhi + out_h - H), left, max(0, xhi + out_w - W), pad_mode)  # (B, C, Hp, Wp)
+    Wp = xp.shape[-1]
+    rows = torch.arange(out_h, device=x.device) + ylo + top
+    cols = torch.arange(out_w, device=x.device) + xlo + left
+    grid = (rows.view(-1, 1) * Wp + cols.view(1, -1)).view(1, 1, -1)  # window at the smallest offsets
+    index = grid + ((dy - ylo) * Wp + (dx - xlo)).view(-1, 1, 1)  # (B, 1, out_h*out_w)
+    return xp.reshape(B, C, -1).gather(2, index.expand(B, C, -1)).view(B, C, out_h, out_w)
 
 
 @OPS.register("shift")
@@ -89,8 +90,10 @@ def shift(x: Tensor, g: torch.Generator, max_px: Annotated[int, Field(ge=0)] = 2
 def hflip(x: Tensor, g: torch.Generator, p: Prob = 0.5) -> Tensor:
     """Mirror each image left-right (the W axis, dim -1 of NCHW) with probability p."""
     check_batch(x)
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    flip = torch.nonzero(torch.rand(x.shape[0], generator=g, device=x.device) < p).flatten()
+    if len(flip) == 0:
+        return x
+    return x.index_copy(0, flip, x.index_select(0, flip).flip(-1))  # touch only the flipped images
 
 
 @OPS.register("crop")
@@ -178,28 +181,29 @@ def _gray(x: Tensor) -> Tensor:
 def color_jitter(x: Tensor, g: torch.Generator, brightness: NonNeg = 0.0, contrast: NonNeg = 0.0,
                  saturation: NonNeg = 0.0, hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0) -> Tensor:
     """Per-image factors uniform in [1-s, 1+s] for brightness, contrast, saturation, and a hue
-    rotation uniform in [-hue, hue] turns, applied in that order (torchvision's formulas).
+    rotation uniform in [-hue, hue] turns, applied in that order (torchvision's formulas, in one
+    float buffer; uint8 results are truncated as torchvision's are).
     Saturation and hue leave 1-channel images unchanged: grey has no colour to change."""
     check_batch(x)
     B = x.shape[0]
     if brightness == contrast == saturation == hue == 0:
         return x
     peak = 255.0 if x.dtype == torch.uint8 else 1.0
-    y = x.float()
+    y = x.to(torch.float32, copy=True)  # every step below works in place on this one buffer
     view = (B, 1, 1, 1)
     if brightness > 0:
         f = _uniform(B, max(0.0, 1 - brightness), 1 + brightness, g, x.device).view(view)
-        y = (y * f).clamp_(0, peak)
+        y.mul_(f).clamp_max_(peak)  # f >= 0 and y >= 0: only the top can overflow
     if contrast > 0:
         f = _uniform(B, max(0.0, 1 - contrast), 1 + contrast, g, x.device).view(view)
         mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
-        y = (f * y + (1 - f) * mean).clamp_(0, peak)
+        y.mul_(f).add_((1 - f) * mean).clamp_(0, peak)
     if x.shape[1] == 3 and saturation > 0:
         f = _uniform(B, max(0.0, 1 - saturation), 1 + saturation, g, x.device).view(view)
-        y = (f * y + (1 - f) * _gray(y)).clamp_(0, peak)
+        y.mul_(f).add_((1 - f) * _gray(y)).clamp_(0, peak)
     if x.shape[1] == 3 and hue > 0:
         y = _rotate_hue(y / peak, _uniform(B, -hue, hue, g, x.device)) * peak
-    return _like(y, x)
+    return y.to(x.dtype)  # uint8: truncated, as torchvision's colour adjustments do
 
 
 def _rotate_hue(rgb: Tensor, turns: Tensor) -> Tensor:

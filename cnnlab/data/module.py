@@ -30,10 +30,10 @@ class TensorImages(Dataset):
 
     def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(idx)
-        x = self.images[index]
+        x = self.images.index_select(0, index)  # far faster than x[index] for a batch of images
         if self.transform:
             x = torch.stack([self.transform(im) for im in x])
-        return x, self.labels[index]
+        return x, self.labels.index_select(0, index)
 
 
 def _batch(b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
