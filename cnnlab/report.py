@@ -88,9 +88,6 @@ def eval_summary(r: dict[str, Any]) -> None:
     console.print(t)
 
 
-LECTURE = {(True, False): "linear", (True, True): "top", (False, False): "stages", (False, True): "full"}
-
-
 def finetune_summary(r: dict[str, Any]) -> None:
     t = Table(title=f"run {r['run_dir']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -130,20 +127,20 @@ def sweep_summary(r: dict[str, Any]) -> None:
     console.print(t)
     sizes = sorted({c["size"] for c in r["grid"]})
     little, lots = sizes[0], sizes[-1]
-    g = Table(title="the lecture's table: best regime measured (lecture's advice; auto's pick)", title_justify="left")
+    g = Table(title="the lecture's table: best regime measured (the lecture's advice, which `auto` picks)",
+              title_justify="left")
     g.add_column("")
     g.add_column(f"little data ({little}/class)")
     g.add_column(f"lots of data ({lots}/class)")
     for similar in (True, False):
         cells = []
-        for size, is_lots in ((little, False), (lots, True)):
+        for size in (little, lots):
             c = next((c for c in r["grid"] if c["similar"] == similar and c["size"] == size), None)
             if c is None:
                 cells.append("[dim]not run[/]")
                 continue
-            advice = LECTURE[(similar, is_lots)]
-            mark = "[green]agrees[/]" if c["best"] == advice else f"lecture: {advice}"
-            cells.append(f"[bold]{c['best']}[/] {c['best_acc']:.1%} ({mark}; auto: {c['auto']})")
+            mark = "[green]agrees[/]" if c["best"] == c["auto"] else f"lecture: {c['auto']}"
+            cells.append(f"[bold]{c['best']}[/] {c['best_acc']:.1%} ({mark})")
         g.add_row("similar data" if similar else "different data", *cells)
     console.print(g)
     console.print(f"sweep wall time {r['wall_time_s']:.0f} s on {r['device']['type']}: {r['device']['name']}; "

@@ -183,6 +183,7 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
                 out = fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress)
                 device = out.pop("_module").device
                 got.append({"recipe": name, "similar": source.similar, "size": size, **out})
+                runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
             rows += got
             best = max(got, key=lambda g: g["test_acc"])
             cells.append({"recipe": name, "similar": source.similar, "size": size, "best": best["regime"],
