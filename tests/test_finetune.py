@@ -64,6 +64,7 @@ def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
     assert plan.cached == (regime in ("linear", "stages"))
     net = TransferNet(bb, 3, plan.taps)
     net.set_frozen(plan.frozen)
+    assert not net.head.weight.any() and not net.head.bias.any()  # zero-initialised head
     for name, p in net.named_parameters():
         stage = int(name.split(".")[1]) if name.startswith("stages.") else None
         assert p.requires_grad == (stage not in frozen), name
@@ -169,6 +170,7 @@ def test_efficientnet_lite0_taps_match_the_package_forward():
 
     bb = BACKBONES.get("efficientnet-lite0")(None, True)
     assert bb.channels == [16, 24, 40, 112, 1280] and bb.source == "imagenet"
+    assert {m.momentum for m in bb.stages.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
     ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     ref.load_state_dict(torch.load(lite0_weights_path(), weights_only=True))
     bb.stages.eval()

@@ -19,6 +19,7 @@ from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
 from cnnlab.recipe import FinetuneSpec, Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
+from cnnlab.transfer.regimes import zero_head
 from cnnlab.transfer.features import cache_key, cached_features, tap_slices
 
 
@@ -85,7 +86,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
                                            spec.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator, progress)
         cols = tap_slices(bb.channels, plan.taps)
         fit_data = _features_data(recipe, data, feats, cols)
-        net: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(len(cols), k))
+        net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(len(cols), k)))
         module = Classifier(net, recipe, k, fit_data.mean, fit_data.std)  # features standardised
         trainable = sum(p.numel() for p in net.parameters())
     else:
