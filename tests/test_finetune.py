@@ -62,9 +62,9 @@ def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
     frozen, taps, scales = EXPECT[regime]
     assert plan.frozen == frozen and plan.taps == taps
     assert plan.cached == (regime in ("linear", "stages"))
-    net = TransferNet(bb, 3, plan.taps)
+    net = TransferNet(bb, 3, plan.taps, zero_init=plan.pretrained)
     net.set_frozen(plan.frozen)
-    assert not net.head.weight.any() and not net.head.bias.any()  # zero-initialised head
+    assert net.head.weight.any() == (regime == "scratch")  # heads on pretrained features start at zero
     for name, p in net.named_parameters():
         stage = int(name.split(".")[1]) if name.startswith("stages.") else None
         assert p.requires_grad == (stage not in frozen), name

@@ -91,7 +91,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         trainable = sum(p.numel() for p in net.parameters())
     else:
         bb = source.make(plan.pretrained)
-        net = TransferNet(bb, k, plan.taps)
+        net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
         net.set_frozen(plan.frozen)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
         augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None

@@ -99,12 +99,13 @@ class TransferNet(nn.Module):
     Frozen stages stay in eval mode whatever `.train()` is called with (Lightning calls it around
     every validation), so their BatchNorm running statistics never move."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, taps: tuple[int, ...]):
+    def __init__(self, backbone: Backbone, num_classes: int, taps: tuple[int, ...], zero_init: bool = True):
         super().__init__()
         self.in_channels = backbone.in_channels
         self.taps = tuple(taps)
         self.stages = nn.ModuleList(list(backbone.stages)[: max(self.taps) + 1])  # later stages are unused
-        self.head = zero_head(nn.Linear(sum(backbone.channels[i] for i in self.taps), num_classes))
+        head = nn.Linear(sum(backbone.channels[i] for i in self.taps), num_classes)
+        self.head = zero_head(head) if zero_init else head  # scratch keeps PyTorch's init: a fair baseline
         self.frozen: frozenset[int] = frozenset()
 
     def set_frozen(self, frozen: frozenset[int]) -> None:
