@@ -126,6 +126,31 @@ def augment(
     runinfo.write_json(run_dir / "results.json", results)
 
 
+@app.command()
+@user_errors
+def finetune(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML file(s) with a finetune: section.")],
+    regime: Annotated[Optional[str], typer.Option(help="Override finetune.regime: linear, top, stages, full, scratch, auto.")] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Every regime at every finetune.sweep size; with several recipes, one row each of the similar/different x little/lots table.")] = False,
+    set_: Overrides = None,
+) -> None:
+    """Transfer learning: a pretrained backbone, a fresh linear head, and a regime that says what trains."""
+    from cnnlab import recipe as rc
+    from cnnlab import report
+
+    over = list(set_ or []) + ([f"finetune.regime={regime}"] if regime else [])
+    loaded = [(Path(p).stem, rc.load(p, over)) for p in recipes]
+    if len(loaded) > 1 and not sweep:
+        raise UserError("several recipes make one table: add --sweep, or give one recipe")
+    _quiet_lightning()
+    from cnnlab.tasks import finetune as task
+
+    if sweep:
+        report.sweep_summary(task.sweep(loaded))
+    else:
+        report.finetune_summary(task.run(loaded[0][1]))
+
+
 def _not_yet(name: str, what: str) -> None:
     extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
 
@@ -143,7 +168,6 @@ def _version() -> str:
     return cnnlab.__version__
 
 
-_not_yet("finetune", "Transfer learning: fine-tune a pretrained backbone in one of four regimes")
 _not_yet("eval-tta", "Evaluate with test-time augmentation (multiple crops/flips, averaged)")
 _not_yet("bench-conv", "Benchmark convolution algorithms (direct, im2col, FFT) side by side")
 

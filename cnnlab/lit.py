@@ -50,9 +50,10 @@ class Classifier(pl.LightningModule):
     mode) and normalisation happen on the training device, after the transfer."""
 
     def __init__(self, net: nn.Module, recipe: Recipe, num_classes: int, mean: Tensor, std: Tensor,
-                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                 lr_scale: dict[str, float] | None = None):
         super().__init__()
-        self.net, self.recipe, self.augment = net, recipe, augment
+        self.net, self.recipe, self.augment, self.lr_scale = net, recipe, augment, lr_scale
         self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes}, logger=False)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
@@ -113,7 +114,7 @@ class Classifier(pl.LightningModule):
         self.test_per_class.reset()
 
     def configure_optimizers(self):
-        opt = build_optimizer(list(self.net.named_parameters()), self.recipe.optim)
+        opt = build_optimizer(list(self.net.named_parameters()), self.recipe.optim, self.lr_scale)
         total = self.trainer.estimated_stepping_batches
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -11,7 +11,7 @@ import functools
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -141,6 +141,55 @@ class OutputSpec(Spec):
     plots: bool = True  # write curves.png
 
 
+class SweepSpec(Spec):
+    """`cnnlab finetune --sweep`: every regime at every size, for the lecture's little/lots columns."""
+
+    sizes: list[Annotated[int, Field(ge=1)]] = [10, 200]  # training images per class (data.subset), ascending
+    max_epochs: list[Annotated[int, Field(ge=1)]] = [30, 6]  # trainer.max_epochs at each size
+    regimes: list[str] = ["linear", "top", "stages", "full", "scratch"]  # what each size runs
+
+    @field_validator("regimes")
+    @classmethod
+    def _known_regimes(cls, v: list[str]) -> list[str]:
+        from cnnlab.transfer import REGIMES
+
+        return [_known(REGIMES, r) for r in v]
+
+
+class FinetuneSpec(Spec):
+    """Transfer learning: a pretrained backbone, a fresh linear head, and what to freeze."""
+
+    backbone: str = "efficientnet-lite0"  # efficientnet-lite0 | cnnlab | torchvision:<name>
+    weights: str | None = None  # weights file (cnnlab: run folder or .ckpt); None = the backbone's default
+    regime: str = "auto"  # linear | top | stages | full | scratch | auto (see cnnlab/transfer/regimes.py)
+    top_k: int = Field(1, ge=1)  # top: how many of the last stages train
+    stages: list[int] | None = None  # stages: which stage taps the head reads (negative = from the end); None = all
+    freeze_epochs: int = Field(0, ge=0)  # top/full: epochs that train the head alone before the stages join
+    backbone_lr_mult: float = Field(0.1, gt=0)  # top/full: the top trained stage's lr, as a fraction of optim.lr
+    layer_decay: float = Field(1.0, gt=0, le=1)  # top/full: each stage lower trains this much slower again
+    similar: bool | None = None  # auto: is the data like the backbone's? None = same data source
+    lots_from: int = Field(100, ge=1)  # auto: training images per class from which the data counts as 'lots'
+    cache_dir: str | None = ".cache/features"  # frozen-backbone features (linear, stages); None = no cache
+    sweep: SweepSpec = SweepSpec()
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from cnnlab.transfer import BACKBONES
+
+        return _known(BACKBONES, v)
+
+    @field_validator("regime")
+    @classmethod
+    def _known_regime(cls, v: str) -> str:
+        from cnnlab.transfer import REGIMES
+
+        choices = [*REGIMES, "auto"]
+        if v not in choices:
+            raise ValueError(f"'{v}' is not a fine-tuning regime{did_you_mean(v, choices)}; choose from {', '.join(choices)}")
+        return v
+
+
 class Recipe(Spec):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -149,6 +198,7 @@ class Recipe(Spec):
     schedule: ScheduleSpec = ScheduleSpec()
     trainer: TrainerSpec = TrainerSpec()
     output: OutputSpec = OutputSpec()
+    finetune: FinetuneSpec | None = None  # only `cnnlab finetune` reads it
     seed: int = 0
 
     def dump(self) -> dict[str, Any]:
@@ -251,6 +301,7 @@ def _fields_at(model: type[BaseModel], loc: Path_) -> list[str]:
         if field is None:
             return []
         cur = field.annotation
+        cur = next((a for a in typing.get_args(cur) if hasattr(a, "model_fields")), cur)  # `Spec | None`
     return list(getattr(cur, "model_fields", {}))
 
 
@@ -369,6 +420,16 @@ def _cross_checks(raw: dict) -> list[tuple[Path_, str]]:
             out.append((("data", "image_size"), "imagefolder needs an image_size (images are resized to a square)"))
         if d.classes is not None and len(set(d.classes)) != len(d.classes):
             out.append((("data", "classes"), f"class ids must be distinct, got {d.classes}"))
+    f = _section(raw, "finetune", FinetuneSpec) if isinstance(raw.get("finetune"), dict) else None
+    if f is not None:
+        s = f.sweep
+        if len(s.sizes) != len(s.max_epochs):
+            out.append((("finetune", "sweep", "max_epochs"),
+                        f"one entry per size: {len(s.sizes)} sizes {s.sizes}, {len(s.max_epochs)} epochs {s.max_epochs}"))
+        if s.sizes != sorted(set(s.sizes)):
+            out.append((("finetune", "sweep", "sizes"), f"must be distinct and ascending, got {s.sizes}"))
+        if f.backbone == "cnnlab" and f.weights is None:
+            out.append((("finetune", "weights"), "backbone cnnlab needs a run folder or checkpoint of `cnnlab train`"))
     return out
 
 

@@ -170,3 +170,87 @@ def plot_ablation(a: dict[str, Any], out_png: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def finetune_summary(r: dict[str, Any]) -> None:
+    t = Table(title=f"run {r['run_dir']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    regime = r["regime"] + (f"  (auto: {r['why']})" if r["asked"] == "auto" else "")
+    t.add_row("regime", regime)
+    t.add_row("test accuracy", f"{r['test_acc']:.2%}")
+    if r.get("best_val_acc") is not None:
+        t.add_row("best val accuracy", f"{r['best_val_acc']:.2%}")
+    t.add_row("backbone", f"{r['backbone']} ({r['weights']}), trained on {r['backbone_source']}")
+    t.add_row("frozen stages", ", ".join(map(str, r["frozen_stages"])) or "none")
+    t.add_row("head reads stages", ", ".join(map(str, r["taps"])))
+    t.add_row("trainable parameters", f"{r['trainable_params']:,}")
+    t.add_row("peak learning rates", ", ".join(f"{v:.3g}" for v in r["peak_lr"].values()))
+    t.add_row("images train/val/test", "/".join(str(v) for v in r["images"].values()))
+    cache = "no" if not r["features_cached"] else ("yes, hit" if r["cache_hit"] else "yes, computed")
+    t.add_row("cached features", cache)
+    t.add_row("wall time", f"{r['wall_time_s']:.1f} s (features {r['features_s']:.1f} s, fit {r['fit_s']:.1f} s)")
+    t.add_row("checkpoint", r["checkpoint"])
+    console.print(t)
+
+
+def sweep_summary(r: dict[str, Any]) -> None:
+    """Every regime's test accuracy per (recipe, size), best marked; then the lecture's 2x2 table."""
+    regimes = list(dict.fromkeys(x["regime"] for x in r["runs"]))
+    t = Table(title=f"test accuracy per regime ({r['run_dir']})", title_justify="left")
+    t.add_column("recipe")
+    t.add_column("data")
+    t.add_column("images/class", justify="right")
+    for name in regimes:
+        t.add_column(name, justify="right")
+    for cell in r["grid"]:
+        accs = {x["regime"]: x["test_acc"] for x in r["runs"] if x["recipe"] == cell["recipe"] and x["size"] == cell["size"]}
+        row = [f"[bold green]{accs[g]:.1%} *[/]" if g == cell["best"] else f"{accs[g]:.1%}" if g in accs else "-"
+               for g in regimes]
+        t.add_row(cell["recipe"], "similar" if cell["similar"] else "different", str(cell["size"]), *row)
+    console.print(t)
+    sizes = sorted({c["size"] for c in r["grid"]})
+    little, lots = sizes[0], sizes[-1]
+    g = Table(title="the lecture's table: best regime measured (the lecture's advice, which `auto` picks)",
+              title_justify="left")
+    g.add_column("")
+    g.add_column(f"little data ({little}/class)")
+    g.add_column(f"lots of data ({lots}/class)")
+    for similar in (True, False):
+        cells = []
+        for size in (little, lots):
+            c = next((c for c in r["grid"] if c["similar"] == similar and c["size"] == size), None)
+            if c is None:
+                cells.append("[dim]not run[/]")
+                continue
+            mark = "[green]agrees[/]" if c["best"] == c["auto"] else f"lecture: {c['auto']}"
+            cells.append(f"[bold]{c['best']}[/] {c['best_acc']:.1%} ({mark})")
+        g.add_row("similar data" if similar else "different data", *cells)
+    console.print(g)
+    console.print(f"sweep wall time {r['wall_time_s']:.0f} s on {r['device']['type']}: {r['device']['name']}; "
+                  f"{len(r['runs'])} fits", highlight=False)
+
+
+def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
+    """Test accuracy against training images per class, one line per regime, one panel per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(dict.fromkeys(x["recipe"] for x in rows))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(5 * len(recipes), 4), squeeze=False)
+    for ax, name in zip(axes[0], recipes):
+        mine = [x for x in rows if x["recipe"] == name]
+        for regime in dict.fromkeys(x["regime"] for x in mine):
+            pts = sorted((x["size"], x["test_acc"]) for x in mine if x["regime"] == regime)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=regime)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{name} ({'similar' if mine[0]['similar'] else 'different'} data)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -125,6 +125,14 @@ class ImageDataModule(pl.LightningDataModule):
             split.images = resize(split.images, s.image_size)
         self.mean, self.std = channel_stats(self.train.images)
 
+    @classmethod
+    def from_splits(cls, spec: DataSpec, seed: int, train: Split, val: Split, test: Split) -> "ImageDataModule":
+        """Batches of splits made elsewhere (e.g. cached features as (N, D, 1, 1) float tensors)."""
+        dm = cls(spec, seed)
+        dm.train, dm.val, dm.test = train, val, test
+        dm.mean, dm.std = channel_stats(train.images) if train.images.dtype == torch.uint8 else _float_stats(train.images)
+        return dm
+
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
@@ -153,6 +161,12 @@ class ImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test, False)
+
+
+def _float_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of float (N, C, H, W) data."""
+    flat = x.transpose(0, 1).flatten(1)
+    return flat.mean(1), flat.std(1).clamp_min(1e-6)
 
 
 def _take(split: Split, idx: Tensor) -> Split:

@@ -1,0 +1,204 @@
+"""`cnnlab finetune`: recipe(s) -> one regime trained and tested, or a sweep of every regime at every
+data size (the lecture's similar/different x little/lots table), written to a run folder."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from cnnlab import runinfo
+from cnnlab.augment import build_pipeline
+from cnnlab.data import ImageDataModule, Split
+from cnnlab.errors import UserError
+from cnnlab.lit import Classifier, build_trainer
+from cnnlab.recipe import FinetuneSpec, Recipe
+from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
+from cnnlab.transfer.regimes import zero_head
+from cnnlab.transfer.features import cache_key, cached_features, tap_slices
+
+
+@dataclass
+class Source:
+    """A recipe's backbone, loaded once to fail fast; `make(pretrained)` gives a fresh copy per fit."""
+
+    spec: FinetuneSpec
+    backbone: Backbone
+    make: Callable[[bool], Backbone]
+    similar: bool
+
+
+def load_source(recipe: Recipe) -> Source:
+    """Check the finetune section's files and their fit to the data before any training."""
+    spec = recipe.finetune
+    if spec is None:
+        raise UserError("the recipe has no finetune: section (see recipes/transfer_similar.yaml)")
+    make = partial(BACKBONES.get(spec.backbone), spec.weights)
+    bb = make(True)
+    similar = spec.similar if spec.similar is not None else bb.source == recipe.data.source
+    return Source(spec, bb, make, similar)
+
+
+def load_data(recipe: Recipe, source: Source) -> ImageDataModule:
+    data = ImageDataModule(recipe.data, seed=recipe.seed)
+    data.setup("fit")
+    if data.in_channels not in (1, source.backbone.in_channels):
+        raise UserError(f"finetune.backbone: {source.spec.backbone} takes {source.backbone.in_channels}-channel "
+                        f"images, the data has {data.in_channels}")
+    return data
+
+
+def resolve(regime: str, source: Source, data: ImageDataModule) -> tuple[str, str]:
+    """(regime, why): `auto` becomes a regime by the lecture's rules, the others stay as named."""
+    if regime != "auto":
+        return regime, "named in the recipe"
+    per_class = len(data.train.labels) // data.num_classes
+    return choose_regime(source.similar, per_class, source.spec.lots_from)
+
+
+def _features_data(recipe: Recipe, data: ImageDataModule, feats: dict[str, torch.Tensor], cols: torch.Tensor) -> ImageDataModule:
+    def split(name: str) -> Split:
+        s = getattr(data, name)
+        return Split(feats[name][:, cols, None, None].contiguous(), s.labels, s.classes)  # (N, D, 1, 1)
+
+    return ImageDataModule.from_splits(recipe.data, recipe.seed, split("train"), split("val"), split("test"))
+
+
+def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, run_dir: Path,
+               progress: bool = True, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
+    """Train one regime and test it; returns its results (also the module, under '_module')."""
+    spec = source.spec
+    plan: Plan = REGIMES.get(regime)(len(source.backbone.stages), spec)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    k = data.num_classes
+    use_cache = plan.cached and spec.cache_dir is not None and not recipe.augment.ops
+    cache_hit = None
+    t0 = time.perf_counter()
+    if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
+        bb = source.backbone
+        key = cache_key(bb, recipe.data, recipe.seed, data.image_size)
+        feats, cache_hit = cached_features(bb, {"train": data.train, "val": data.val, "test": data.test}, key,
+                                           spec.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator, progress)
+        cols = tap_slices(bb.channels, plan.taps)
+        fit_data = _features_data(recipe, data, feats, cols)
+        net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(len(cols), k)))
+        module = Classifier(net, recipe, k, fit_data.mean, fit_data.std)  # features standardised
+        trainable = sum(p.numel() for p in net.parameters())
+    else:
+        bb = source.make(plan.pretrained)
+        net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
+        net.set_frozen(plan.frozen)
+        mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
+        augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None
+        module = Classifier(net, recipe, k, mean, std, augment=augment, lr_scale=plan.lr_scale)
+        fit_data = data
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        callbacks = [FreezeSchedule(plan, spec.freeze_epochs), *callbacks]
+    extract_s = time.perf_counter() - t0
+    has_val = len(data.val.labels) > 0
+    speed = runinfo.Throughput()
+    trainer = build_trainer(recipe, run_dir, [speed, *callbacks], has_val=has_val, progress=progress)
+    t1 = time.perf_counter()
+    trainer.fit(module, datamodule=fit_data)
+    fit_s = time.perf_counter() - t1
+    best = trainer.checkpoint_callback.best_model_path if has_val else ""
+    tested = trainer.test(module, datamodule=fit_data, ckpt_path=best or None, verbose=False)[0]
+    groups = trainer.optimizers[0].param_groups
+    return {
+        "regime": regime,
+        "test_acc": tested["test/acc"],
+        "test_loss": tested["test/loss"],
+        "best_val_acc": float(trainer.checkpoint_callback.best_model_score) if has_val and trainer.checkpoint_callback.best_model_score is not None else None,
+        "images_per_class": len(data.train.labels) // k,
+        "images": {"train": len(data.train.labels), "val": len(data.val.labels), "test": len(data.test.labels)},
+        "epochs": trainer.current_epoch,
+        "frozen_stages": sorted(plan.frozen),
+        "warm_stages": sorted(plan.warm),
+        "taps": list(plan.taps),
+        "pretrained": plan.pretrained,
+        "trainable_params": trainable,
+        "peak_lr": {f"group {i}": g.get("initial_lr", g["lr"]) for i, g in enumerate(groups)},
+        "features_cached": use_cache,
+        "cache_hit": cache_hit,
+        "features_s": extract_s,
+        "fit_s": fit_s,
+        "train_images_per_s": speed.images_per_s,
+        "checkpoint": best or str(run_dir / "checkpoints" / "last.ckpt"),
+        "_module": module,
+    }
+
+
+def _public(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
+
+
+def _meta(recipe: Recipe, source: Source) -> dict[str, Any]:
+    return {"backbone": source.spec.backbone, "weights": source.backbone.identity, "backbone_source": source.backbone.source,
+            "data": recipe.data.source, "classes": recipe.data.classes, "image_size": recipe.data.image_size,
+            "similar": source.similar, "stage_channels": source.backbone.channels}
+
+
+def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results."""
+    source = load_source(recipe)
+    data = load_data(recipe, source)
+    chosen, why = resolve(regime or source.spec.regime, source, data)
+    run_dir = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "finetune")
+    runinfo.write_recipe(run_dir, recipe.dump())
+    t0 = time.perf_counter()
+    r = fit_regime(recipe, source, data, chosen, run_dir, progress)
+    module = r.pop("_module")
+    results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
+               "why": why, **r, "wall_time_s": time.perf_counter() - t0,
+               "per_class_acc": dict(zip(data.test.classes, module.test_per_class_acc)),
+               "device": runinfo.device_info(module.device), "versions": runinfo.versions(), "seed": recipe.seed}
+    runinfo.write_json(run_dir / "results.json", results)
+    return results
+
+
+def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str, Any]:
+    """Every regime of `finetune.sweep.regimes` at every size of `finetune.sweep.sizes`, for each recipe
+    (one per row of the lecture's table); writes regimes.json, results.json and regimes.png."""
+    sources = [(name, r, load_source(r)) for name, r in recipes]  # all weights checked before any work
+    first = recipes[0][1]
+    run_dir = runinfo.new_run_dir(first.output.dir, first.output.name if len(recipes) == 1 else "transfer-grid")
+    t0 = time.perf_counter()
+    rows, cells, device = [], [], None
+    for name, recipe, source in sources:
+        sub = run_dir / name if len(recipes) > 1 else run_dir
+        sub.mkdir(exist_ok=True)
+        runinfo.write_recipe(sub, recipe.dump())
+        s = source.spec.sweep
+        for size, epochs in zip(s.sizes, s.max_epochs):
+            r = recipe.model_copy(deep=True)
+            r.data.subset, r.trainer.max_epochs = size, epochs
+            data = load_data(r, source)
+            auto, why = resolve("auto", source, data)
+            got = []
+            for regime in s.regimes:
+                out = fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress)
+                device = out.pop("_module").device
+                got.append({"recipe": name, "similar": source.similar, "size": size, **out})
+                runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
+            rows += got
+            best = max(got, key=lambda g: g["test_acc"])
+            cells.append({"recipe": name, "similar": source.similar, "size": size, "best": best["regime"],
+                          "best_acc": best["test_acc"], "auto": auto, "why": why,
+                          "scratch_acc": next((g["test_acc"] for g in got if g["regime"] == "scratch"), None)})
+    wall = time.perf_counter() - t0
+    results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
+               "wall_time_s": wall, "device": runinfo.device_info(device or "cpu"),
+               "versions": runinfo.versions(), "seed": first.seed}
+    runinfo.write_json(run_dir / "regimes.json", {"runs": rows})
+    runinfo.write_json(run_dir / "results.json", results)
+    if first.output.plots:
+        from cnnlab.report import plot_regimes
+
+        plot_regimes(rows, run_dir / "regimes.png")
+    results["runs"] = rows
+    return results

