@@ -27,6 +27,22 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
     return path
 
 
+def find_checkpoint(path: str | Path, key: str | None = None) -> Path:
+    """A run folder's checkpoints/best.ckpt (else last.ckpt), or a .ckpt file itself. `key` names
+    the recipe key the path came from, for the error message."""
+    from cnnlab.errors import UserError
+
+    p, at = Path(path), f"{key}: " if key else ""
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise UserError(f"{at}{p}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this run folder")
+    if not p.is_file():
+        raise UserError(f"{at}file not found: {p} (expected a run folder or a checkpoint file)")
+    return p
+
+
 def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
 

@@ -101,7 +101,7 @@ def test_print_recipe_writes_nothing(cli):
     (["train", SMOKE, "--set", "model.name=resnet-smal"], "model.name (--set): 'resnet-smal' is not a model (did you mean 'resnet-small'?)"),
     (["train", SMOKE, "--set", "data.root=/nonexistent"], "data.root: Fashion-MNIST idx files"),
     (["train", "--resume", "/nonexistent"], "--resume: /nonexistent is not a run folder"),
-    (["eval", "/nonexistent"], "/nonexistent: no such run folder or checkpoint file"),
+    (["eval", "/nonexistent"], "file not found: /nonexistent (expected a run folder or a checkpoint file)"),
     (["eval-tta", "x.yaml"], "`cnnlab eval-tta` is not available yet"),
 ])
 def test_user_errors_exit_2_without_traceback(cli, args, message):

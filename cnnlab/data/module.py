@@ -94,8 +94,9 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
 
 
 def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    x = images.float().div_(255).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    """Per-channel mean and std: of uint8 images in [0, 1] units, of float data as it is."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    x = x.transpose(0, 1).flatten(1)  # (C, N*H*W)
     return x.mean(1), x.std(1).clamp_min(1e-6)
 
 
@@ -130,7 +131,7 @@ class ImageDataModule(pl.LightningDataModule):
         """Batches of splits made elsewhere (e.g. cached features as (N, D, 1, 1) float tensors)."""
         dm = cls(spec, seed)
         dm.train, dm.val, dm.test = train, val, test
-        dm.mean, dm.std = channel_stats(train.images) if train.images.dtype == torch.uint8 else _float_stats(train.images)
+        dm.mean, dm.std = channel_stats(train.images)
         return dm
 
     @property
@@ -161,12 +162,6 @@ class ImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test, False)
-
-
-def _float_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of float (N, C, H, W) data."""
-    flat = x.transpose(0, 1).flatten(1)
-    return flat.mean(1), flat.std(1).clamp_min(1e-6)
 
 
 def _take(split: Split, idx: Tensor) -> Split:

@@ -11,25 +11,13 @@ from cnnlab.errors import UserError
 from cnnlab.recipe import validate
 
 
-def find_checkpoint(path: Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise UserError(f"{path}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this run folder")
-    if not path.is_file():
-        raise UserError(f"{path}: no such run folder or checkpoint file")
-    return path
-
-
 def run(path: Path, progress: bool = True) -> dict[str, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import RichProgressBar
 
     from cnnlab.tasks.train import assemble
 
-    ckpt_path = find_checkpoint(path)
+    ckpt_path = runinfo.find_checkpoint(path)
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         raw = ckpt["hyper_parameters"]["recipe"]

@@ -135,15 +135,9 @@ def efficientnet_lite0(weights: str | None = None, pretrained: bool = True) -> B
 
 def checkpoint_path(weights: str | Path) -> Path:
     """A run folder (its checkpoints/best.ckpt, else last.ckpt) or a .ckpt file."""
-    p = Path(weights)
-    if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
-        raise UserError(f"finetune.weights: {p} holds no checkpoints/best.ckpt or last.ckpt")
-    if not p.is_file():
-        raise UserError(f"finetune.weights: file not found: {p}")
-    return p
+    from cnnlab.runinfo import find_checkpoint
+
+    return find_checkpoint(weights, "finetune.weights")
 
 
 @BACKBONES.register("cnnlab")
