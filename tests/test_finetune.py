@@ -309,3 +309,14 @@ def test_weight_and_regime_errors_exit_2_in_one_line(cli, tmp_path, source_run, 
 def test_finetune_needs_a_finetune_section(cli):
     res = cli("finetune", SMOKE)
     assert res.exit_code == 2 and "no finetune: section" in res.output
+
+
+def test_the_recipe_given_decides_caching_not_the_one_the_backbone_came_from(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path)
+    source = ft.load_source(r)  # loaded with a cache_dir
+    data = ft.load_data(r, source)
+    direct = r.model_copy(deep=True)
+    direct.finetune.cache_dir = None
+    out = ft.fit_regime(direct, source, data, "linear", tmp_path / "direct", progress=False)
+    assert not out["features_cached"] and out["cache_hit"] is None
+    assert not (tmp_path / "cache").exists()

@@ -71,8 +71,9 @@ def _features_data(recipe: Recipe, data: ImageDataModule, feats: dict[str, torch
 
 def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, run_dir: Path,
                progress: bool = True, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
-    """Train one regime and test it; returns its results (also the module, under '_module')."""
-    spec = source.spec
+    """Train one regime and test it; returns its results (also the module, under '_module').
+    `recipe.finetune` decides the regime's parameters; `source` only supplies the backbone."""
+    spec = recipe.finetune
     plan: Plan = REGIMES.get(regime)(len(source.backbone.stages), spec)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     k = data.num_classes
