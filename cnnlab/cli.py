@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -36,7 +35,6 @@ def _quiet_lightning() -> None:
     import logging
     import warnings
 
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")

@@ -92,13 +92,13 @@ def bench(recipe: Recipe, batch_size: int = 512, batches: int = 20, workers: int
 
     def device_mode() -> int:
         for idx in order.split(batch_size):
-            out = pipe(images.index_select(0, idx).to(device, non_blocking=True), g)
+            pipe(images.index_select(0, idx).to(device, non_blocking=True), g)
         sync()
         return n
 
     def copy_only() -> int:
         for idx in order.split(batch_size):
-            out = images.index_select(0, idx).to(device, non_blocking=True).clone()
+            images.index_select(0, idx).to(device, non_blocking=True).clone()
         sync()
         return n
 
