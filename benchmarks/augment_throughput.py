@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     r = rc.load("recipes/augment_fmnist.yaml", [f"augment.ops={OPS}", "data.subset=null"])
-    b = task.bench(r, batch_size=512, batches=args.batches, repeats=args.repeats)
+    b = task.bench(r, *task.prepare(r), batch_size=512, batches=args.batches, repeats=args.repeats)
     report.bench_table(b)
     print(f"device/loader = {b['device_over_loader']:.1f}x (target >= 25x); "
           f"device/copy = {b['device_over_copy']:.2f}x of the memory-copy ceiling")

@@ -105,8 +105,9 @@ def augment(
 
     r = rc.load(recipe, set_ or [])
     _quiet_lightning()
-    g = task.grid(r, rows=rows)  # loads the data: a bad root fails here, before any folder exists
-    b = task.bench(r, batch_size=batch_size) if bench else None
+    data, pipe = task.prepare(r)  # loads the data: a bad root fails here, before any folder exists
+    g = task.grid(r, data, pipe, rows=rows)
+    b = task.bench(r, data, pipe, batch_size=batch_size) if bench else None
     run_dir = runinfo.new_run_dir(r.output.dir, f"{r.output.name or 'run'}-augment")
     runinfo.write_recipe(run_dir, r.dump())
     report.plot_grid(g, run_dir / "augment_grid.png")

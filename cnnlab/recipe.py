@@ -321,25 +321,25 @@ def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
     from cnnlab.models import MODELS, MODEL_SKIP
 
     found: dict[Path_, list[str]] = {}
-    calls: list[tuple[Path_, Registry, frozenset[str], Any]] = []
+    calls: list[tuple[Path_, Registry, Callable[[Callable], frozenset[str]], Any]] = []
     model = raw.get("model")
     if isinstance(model, dict):
-        calls.append((("model",), MODELS, MODEL_SKIP, model))
+        calls.append((("model",), MODELS, lambda fn: MODEL_SKIP, model))
     ops = (raw.get("augment") or {}).get("ops") if isinstance(raw.get("augment"), dict) else None
     if isinstance(ops, list):
         for i, op in enumerate(ops):
             if not isinstance(op, dict) or "name" not in op:
                 found[("augment", "ops", i)] = ["each op must be a mapping with a 'name' key, e.g. {name: hflip}"]
                 continue
-            calls.append((("augment", "ops", i), OPS, None, op))
-    for path, registry, skip, d in calls:
+            calls.append((("augment", "ops", i), OPS, op_skip, op))
+    for path, registry, skip_of, d in calls:
         try:
             fn = registry.get(d.get("name", "vgg-small"))
         except (KeyError, TypeError) as e:
             if path[0] != "model":  # the model name is already reported by ModelSpec
                 found.setdefault(path + ("name",), []).append(str(e.args[0]))
             continue
-        skip = skip if skip is not None else op_skip(fn)
+        skip = skip_of(fn)
         kwargs = {k: v for k, v in d.items() if k != "name"}
         try:
             check_kwargs(fn, kwargs, skip)

@@ -21,7 +21,8 @@ from cnnlab.errors import UserError
 from cnnlab.recipe import Recipe, validate
 
 
-def _pipeline(recipe: Recipe) -> tuple[ImageDataModule, Pipeline]:
+def prepare(recipe: Recipe) -> tuple[ImageDataModule, Pipeline]:
+    """The recipe's data (loaded once) and its augmentation, fitted to the training images."""
     data = ImageDataModule(recipe.data, seed=recipe.seed)
     data.setup("fit")
     pipe = build_pipeline(recipe.augment.ops, data.train.images)
@@ -37,10 +38,9 @@ class Grid:
     labels: list[str]  # class name per row
 
 
-def grid(recipe: Recipe, rows: int = 6, draws: int = 3) -> Grid:
+def grid(recipe: Recipe, data: ImageDataModule, pipe: Pipeline, rows: int = 6, draws: int = 3) -> Grid:
     """Real training images (one per class, first `rows` classes) as rows; columns: the original,
     each op alone, then `draws` draws of the whole pipeline. Seeded by the recipe."""
-    data, pipe = _pipeline(recipe)
     labels = data.train.labels
     picks = [int(torch.nonzero(labels == c)[0]) for c in labels.unique()[:rows]]
     x = data.train.images[picks]
@@ -74,12 +74,11 @@ def _median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float
     return statistics.median(rates), rates
 
 
-def bench(recipe: Recipe, batch_size: int = 512, batches: int = 20, workers: int = 2, repeats: int = 5) -> dict[str, Any]:
+def bench(recipe: Recipe, data: ImageDataModule, pipe: Pipeline, batch_size: int = 512, batches: int = 20, workers: int = 2, repeats: int = 5) -> dict[str, Any]:
     """Augmented-batch throughput of the recipe's pipeline, side by side in one process:
     device mode (one batched call per batch, on the training device), loader mode (per-sample
     torchvision v2 in `workers` DataLoader workers), and a plain copy of the same bytes (ceiling).
     Every mode cuts the same shuffled batches from the same in-memory training images."""
-    data, pipe = _pipeline(recipe)
     use_cuda = recipe.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     images, labels = data.train.images, data.train.labels
