@@ -4,7 +4,8 @@ Same data, head, optimizer, schedule and Trainer (`fit_regime` both times; only 
 differs). Alternating runs in one process; medians.
 
     python benchmarks/feature_cache.py [--per-class 200] [--epochs 10] [--repeats 3]
-Target: cached (features already on disk) >= 10x faster than through the backbone.
+Target: cached (features already on disk) >= 10x faster than through the backbone. With the features
+computed in the run, one extraction pass against `epochs` passes caps the speed-up near `epochs`.
 """
 from __future__ import annotations
 
@@ -60,9 +61,11 @@ def main() -> None:
     print(f"  through the backbone every epoch   : {b:7.2f} s   runs: {fmt(through)}")
     print(f"  cached, features computed this run : {c:7.2f} s   runs: {fmt(cold)}   ({b / c:.1f}x faster)")
     print(f"  cached, features already on disk   : {w:7.2f} s   runs: {fmt(warm)}   ({b / w:.1f}x faster)")
-    print(f"  target: cached >= 10x faster; test accuracy cached {accs['cached']:.1%}, "
-          f"through backbone {accs['through backbone']:.1%} (features standardised vs not)")
-
+    passes = (args.epochs * n + len(data.test.labels)) / (n + len(data.test.labels))
+    print(f"  target: cached (features on disk) >= 10x faster. Computing the features is itself one backbone pass,\n"
+          f"  so this run's extraction caps the cold speed-up at {passes:.1f}x (backbone passes, {args.epochs} epochs vs 1)")
+    print(f"  test accuracy: cached {accs['cached']:.1%}, through the backbone {accs['through backbone']:.1%} "
+          f"(the same training: tests/test_finetune.py checks the heads agree)")
 
 if __name__ == "__main__":
     main()

@@ -320,3 +320,21 @@ def test_the_recipe_given_decides_caching_not_the_one_the_backbone_came_from(sou
     out = ft.fit_regime(direct, source, data, "linear", tmp_path / "direct", progress=False)
     assert not out["features_cached"] and out["cache_hit"] is None
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("regime", ["linear", "stages"])
+def test_cached_features_train_the_same_head_as_the_backbone_every_epoch(regime, source_run, tmp_path):
+    """The cache changes the cost, not the training: same features, batches, init and optimizer."""
+    r = tiny_recipe(source_run, tmp_path)
+    source = ft.load_source(r)
+    data = ft.load_data(r, source)
+    direct = r.model_copy(deep=True)
+    direct.finetune.cache_dir = None
+    cached = ft.fit_regime(r, source, data, regime, tmp_path / "cached", progress=False)
+    through = ft.fit_regime(direct, source, data, regime, tmp_path / "direct", progress=False)
+    assert cached["features_cached"] and not through["features_cached"]
+    w_cached = cached["_module"].net[1].weight
+    w_through = through["_module"].net.head.weight
+    assert w_cached.abs().sum() > 0  # it trained
+    torch.testing.assert_close(w_cached, w_through, atol=1e-5, rtol=1e-4)
+    assert cached["test_acc"] == pytest.approx(through["test_acc"])

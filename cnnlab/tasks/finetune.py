@@ -88,7 +88,8 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         cols = tap_slices(bb.channels, plan.taps)
         fit_data = _features_data(recipe, data, feats, cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(len(cols), k)))
-        module = Classifier(net, recipe, k, fit_data.mean, fit_data.std)  # features standardised
+        d = len(cols)  # the head sees the features as they are, exactly as through the backbone
+        module = Classifier(net, recipe, k, torch.zeros(d), torch.ones(d))
         trainable = sum(p.numel() for p in net.parameters())
     else:
         bb = source.make(plan.pretrained)
