@@ -144,7 +144,7 @@ class OutputSpec(Spec):
 class SweepSpec(Spec):
     """`cnnlab finetune --sweep`: every regime at every size, for the lecture's little/lots columns."""
 
-    sizes: list[Annotated[int, Field(ge=1)]] = [10, 200]  # training images per class (data.subset), ascending
+    sizes: list[Annotated[int, Field(ge=1)] | Literal["all"]] = [10, 200]  # training images per class (data.subset), ascending; all = every image
     max_epochs: list[Annotated[int, Field(ge=1)]] = [30, 6]  # trainer.max_epochs at each size
     regimes: list[str] = ["linear", "top", "stages", "full", "scratch"]  # what each size runs
 
@@ -167,7 +167,9 @@ class FinetuneSpec(Spec):
     freeze_epochs: int = Field(0, ge=0)  # top/full: epochs that train the head alone before the stages join
     backbone_lr_mult: float = Field(0.1, gt=0)  # top/full: the top trained stage's lr, as a fraction of optim.lr
     layer_decay: float = Field(1.0, gt=0, le=1)  # top/full: each stage lower trains this much slower again
-    similar: bool | None = None  # auto: is the data like the backbone's? None = same data source
+    similar: bool | None = None  # auto: is the data like the backbone's? None = measure it (linear probe per stage)
+    similar_tolerance: float = Field(0.0, ge=0, le=1)  # auto: similar if the top stage's probe is this close to the best
+    probe_per_class: int = Field(50, ge=2)  # auto: training images per class the stage probes see (at most)
     lots_from: int = Field(100, ge=1)  # auto: training images per class from which the data counts as 'lots'
     cache_dir: str | None = ".cache/features"  # frozen-backbone features (linear, stages); None = no cache
     sweep: SweepSpec = SweepSpec()
@@ -426,7 +428,8 @@ def _cross_checks(raw: dict) -> list[tuple[Path_, str]]:
         if len(s.sizes) != len(s.max_epochs):
             out.append((("finetune", "sweep", "max_epochs"),
                         f"one entry per size: {len(s.sizes)} sizes {s.sizes}, {len(s.max_epochs)} epochs {s.max_epochs}"))
-        if s.sizes != sorted(set(s.sizes)):
+        counts = [float("inf") if n == "all" else n for n in s.sizes]
+        if counts != sorted(set(counts)):
             out.append((("finetune", "sweep", "sizes"), f"must be distinct and ascending, got {s.sizes}"))
         if f.backbone == "cnnlab" and f.weights is None:
             out.append((("finetune", "weights"), "backbone cnnlab needs a run folder or checkpoint of `cnnlab train`"))

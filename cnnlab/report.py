@@ -209,23 +209,24 @@ def sweep_summary(r: dict[str, Any]) -> None:
                for g in regimes]
         t.add_row(cell["recipe"], "similar" if cell["similar"] else "different", str(cell["size"]), *row)
     console.print(t)
-    sizes = sorted({c["size"] for c in r["grid"]})
-    little, lots = sizes[0], sizes[-1]
-    g = Table(title="the lecture's table: best regime measured (the lecture's advice, which `auto` picks)",
+    sizes = list(dict.fromkeys(c["size"] for c in r["grid"]))  # as the recipes list them, ascending
+    g = Table(title="the lecture's table: best regime measured, and `auto`'s pick (measured similarity, data size)",
               title_justify="left")
-    g.add_column("")
-    g.add_column(f"little data ({little}/class)")
-    g.add_column(f"lots of data ({lots}/class)")
-    for similar in (True, False):
+    g.add_column("recipe")
+    for size in sizes:
+        g.add_column(f"{size} images/class")
+    for name in dict.fromkeys(c["recipe"] for c in r["grid"]):
         cells = []
-        for size in (little, lots):
-            c = next((c for c in r["grid"] if c["similar"] == similar and c["size"] == size), None)
+        for size in sizes:
+            c = next((c for c in r["grid"] if c["recipe"] == name and c["size"] == size), None)
             if c is None:
                 cells.append("[dim]not run[/]")
                 continue
-            mark = "[green]agrees[/]" if c["best"] == c["auto"] else f"lecture: {c['auto']}"
-            cells.append(f"[bold]{c['best']}[/] {c['best_acc']:.1%} ({mark})")
-        g.add_row("similar data" if similar else "different data", *cells)
+            kind = "similar" if c["similar"] else "different"
+            pick = "[green]agrees[/]" if c["best"] == c["auto"] else (
+                f"auto: {c['auto']} {c['auto_acc']:.1%}" if c.get("auto_acc") is not None else f"auto: {c['auto']}")
+            cells.append(f"[bold]{c['best']}[/] {c['best_acc']:.1%}\n{kind}; {pick}")
+        g.add_row(name, *cells)
     console.print(g)
     console.print(f"sweep wall time {r['wall_time_s']:.0f} s on {r['device']['type']}: {r['device']['name']}; "
                   f"{len(r['runs'])} fits", highlight=False)
@@ -243,7 +244,7 @@ def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
     for ax, name in zip(axes[0], recipes):
         mine = [x for x in rows if x["recipe"] == name]
         for regime in dict.fromkeys(x["regime"] for x in mine):
-            pts = sorted((x["size"], x["test_acc"]) for x in mine if x["regime"] == regime)
+            pts = sorted((x["images_per_class"], x["test_acc"]) for x in mine if x["regime"] == regime)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=regime)
         ax.set_xscale("log")
         ax.set_xlabel("training images per class")

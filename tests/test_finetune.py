@@ -15,6 +15,7 @@ from cnnlab.tasks import finetune as ft
 from cnnlab.tasks import train as train_task
 from cnnlab.transfer import BACKBONES, REGIMES, TransferNet, choose_regime
 from cnnlab.transfer.features import cache_key, cached_features, tap_slices
+from cnnlab.transfer.similarity import judge, stage_probes
 from conftest import RECIPES, write
 
 SMOKE = str(RECIPES / "smoke.yaml")
@@ -136,13 +137,48 @@ def test_auto_follows_the_lecture_table(similar, per_class, expected):
     assert regime == expected and ("similar" if similar else "different") in why
 
 
-def test_auto_infers_similarity_from_the_data_source(source_run, tmp_path):
-    r = tiny_recipe(source_run, tmp_path)  # backbone trained on fashion-mnist, data fashion-mnist
+def _stage_features(signal_stage: int, n_per_class: int = 20, k: int = 3, seed: int = 0):
+    """(N, 3 stages x 4 channels) features where only `signal_stage` separates the classes."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(k).repeat_interleave(n_per_class)
+    feats = torch.randn(len(labels), 12, generator=g)
+    feats[:, 4 * signal_stage: 4 * signal_stage + k] += 4 * nn.functional.one_hot(labels, 4)[:, :k]
+    return feats, labels
+
+
+@pytest.mark.parametrize("signal_stage,similar,regime", [(2, True, "linear"), (0, False, "stages"), (1, False, "stages")])
+def test_auto_measures_similarity_with_stage_probes(signal_stage, similar, regime):
+    """Constructed cases: the classes are separable in one stage's features only."""
+    feats, labels = _stage_features(signal_stage)
+    probes = stage_probes(feats, labels, [4, 4, 4])
+    assert probes[signal_stage] > 0.9 and all(p < 0.7 for i, p in enumerate(probes) if i != signal_stage)
+    sim = judge(probes, tolerance=0.02, images=len(labels))
+    assert sim.similar is similar and ("measured similar" if similar else "measured different") in sim.why
+    assert choose_regime(sim.similar, 20, lots_from=100)[0] == regime
+
+
+def test_similarity_tolerance_and_ties():
+    assert judge((0.5, 0.7, 0.7), 0.0).similar  # a tie with the top stage counts as similar
+    assert not judge((0.5, 0.71, 0.7), 0.0).similar
+    assert judge((0.5, 0.71, 0.7), 0.02).similar
+    assert "stage 1's beats the top stage's by 3.0%" in judge((0.5, 0.73, 0.7), 0.02).why
+
+
+def test_auto_on_a_real_backbone_measures_or_takes_the_declared_similarity(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path)  # similar: null -> measured
     source = ft.load_source(r)
-    assert source.similar and ft.resolve("auto", source, ft.load_data(r, source))[0] == "linear"
-    r2 = tiny_recipe(source_run, tmp_path, similar=False)
-    s2 = ft.load_source(r2)
-    assert ft.resolve("auto", s2, ft.load_data(r2, s2))[0] == "stages"
+    data = ft.load_data(r, source)
+    regime, why, sim = ft.resolve("auto", r, source, data)
+    assert len(sim.probes) == 3 and sim.images == len(data.train.labels) and "linear probes by stage" in why
+    assert regime == ("linear" if sim.similar else "stages")  # 9 images/class: little data
+    for declared, expected in ((True, "linear"), (False, "stages")):
+        r2 = tiny_recipe(source_run, tmp_path, similar=declared)
+        regime, why, sim = ft.resolve("auto", r2, ft.load_source(r2), data)
+        assert regime == expected and sim.probes == () and "declared" in why
+    one = tiny_recipe(source_run, tmp_path)
+    one.data.subset = 1
+    with pytest.raises(UserError, match="finetune.similar: .*at least 2 training images per class"):
+        ft.resolve("auto", one, source, ft.load_data(one, source))
 
 
 # --------------------------------------------------------------------------- taps and backbones
@@ -266,7 +302,8 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
     assert res.exit_code == 0, res.output
     [run] = list((tmp_path / "runs").iterdir())
     r = json.loads((run / "results.json").read_text())
-    assert r["regime"] == "linear" and r["asked"] == "auto" and r["similar"] is True  # similar, 9/class
+    assert r["asked"] == "auto" and r["regime"] == ("linear" if r["similar"] else "stages")  # 9/class: little
+    assert len(r["similarity"]["probes"]) == 3 and "linear probes by stage" in r["why"]
     assert r["features_cached"] and r["cache_hit"] is False and 0 <= r["test_acc"] <= 1
     assert (run / "recipe.yaml").is_file() and "test accuracy" in res.output
     res = cli("finetune", path, "--regime", "top", "--set", "output.name=top")
@@ -281,7 +318,8 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
     assert [(x["size"], x["regime"]) for x in rows] == [(4, "linear"), (4, "top"), (8, "linear"), (8, "top")]
     assert (run / "regimes.png").is_file() and "lecture's table" in res.output
     grid = json.loads((run / "results.json").read_text())["grid"]
-    assert [c["auto"] for c in grid] == ["linear", "linear"] and all(c["best"] in ("linear", "top") for c in grid)
+    assert [c["auto"] for c in grid] == [("linear" if c["similar"] else "stages") for c in grid]
+    assert all(c["best"] in ("linear", "top") and len(c["probes"]) == 3 for c in grid)
 
 
 @pytest.mark.parametrize("case,message", [

@@ -102,3 +102,12 @@ def test_dump_round_trips(tmp_path):
     r = rc.load(RECIPES / "fashion_mnist.yaml")
     again = rc.validate(r.dump(), "dump")
     assert again.dump() == r.dump()
+
+
+def test_sweep_sizes_take_all_last_and_must_ascend(tmp_path):
+    ok = "finetune:\n  sweep: {sizes: [10, 100, all], max_epochs: [30, 8, 2]}\n"
+    assert rc.load(write(tmp_path / "ok.yaml", ok)).finetune.sweep.sizes == [10, 100, "all"]
+    [p] = problems(tmp_path, "finetune:\n  sweep: {sizes: [all, 10], max_epochs: [1, 2]}\n")
+    assert p.startswith("finetune.sweep.sizes") and "ascending" in p
+    [p] = problems(tmp_path, "finetune:\n  sweep: {sizes: [10, lots], max_epochs: [1, 2]}\n")
+    assert p.startswith("finetune.sweep.sizes.1") and "'lots'" in p

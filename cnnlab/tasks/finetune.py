@@ -3,7 +3,7 @@ data size (the lecture's similar/different x little/lots table), written to a ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +15,14 @@ from torch import nn
 from cnnlab import runinfo
 from cnnlab.augment import build_pipeline
 from cnnlab.data import ImageDataModule, Split
+from cnnlab.data.module import per_class
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
 from cnnlab.recipe import FinetuneSpec, Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
 from cnnlab.transfer.regimes import zero_head
-from cnnlab.transfer.features import cache_key, cached_features, tap_slices
+from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
+from cnnlab.transfer.similarity import Similarity, judge, stage_probes
 
 
 @dataclass
@@ -30,7 +32,6 @@ class Source:
     spec: FinetuneSpec
     backbone: Backbone
     make: Callable[[bool], Backbone]
-    similar: bool
 
 
 def load_source(recipe: Recipe) -> Source:
@@ -39,9 +40,7 @@ def load_source(recipe: Recipe) -> Source:
     if spec is None:
         raise UserError("the recipe has no finetune: section (see recipes/transfer_similar.yaml)")
     make = partial(BACKBONES.get(spec.backbone), spec.weights)
-    bb = make(True)
-    similar = spec.similar if spec.similar is not None else bb.source == recipe.data.source
-    return Source(spec, bb, make, similar)
+    return Source(spec, make(True), make)
 
 
 def load_data(recipe: Recipe, source: Source) -> ImageDataModule:
@@ -53,12 +52,31 @@ def load_data(recipe: Recipe, source: Source) -> ImageDataModule:
     return data
 
 
-def resolve(regime: str, source: Source, data: ImageDataModule) -> tuple[str, str]:
-    """(regime, why): `auto` becomes a regime by the lecture's rules, the others stay as named."""
+def measure_similarity(recipe: Recipe, source: Source, data: ImageDataModule) -> Similarity:
+    """`finetune.similar` when declared; else linear probes on each stage's features of at most
+    `probe_per_class` training images per class (one frozen-backbone pass over them)."""
+    spec = recipe.finetune
+    if spec.similar is not None:
+        return Similarity(spec.similar, (), 0, f"declared {'similar' if spec.similar else 'different'} (finetune.similar)")
+    idx = per_class(data.train.labels, spec.probe_per_class, torch.Generator().manual_seed(recipe.seed))
+    sample = Split(data.train.images[idx], data.train.labels[idx], data.train.classes)
+    fewest = int(torch.bincount(sample.labels, minlength=data.num_classes).min())
+    if fewest < 2:
+        raise UserError(f"finetune.similar: auto measures similarity with cross-validated probes, which need at least "
+                        f"2 training images per class (the data has {fewest}); set finetune.similar: true or false")
+    feats = extract(source.backbone, {"train": sample}, recipe.data.batch_size, recipe.trainer.accelerator)["train"]
+    probes = stage_probes(feats, sample.labels, source.backbone.channels, recipe.seed)
+    return judge(probes, spec.similar_tolerance, len(sample.labels))
+
+
+def resolve(regime: str, recipe: Recipe, source: Source, data: ImageDataModule) -> tuple[str, str, Similarity | None]:
+    """(regime, why, similarity): `auto` becomes a regime by the lecture's rules, the others stay as named."""
     if regime != "auto":
-        return regime, "named in the recipe"
-    per_class = len(data.train.labels) // data.num_classes
-    return choose_regime(source.similar, per_class, source.spec.lots_from)
+        return regime, "named in the recipe", None
+    sim = measure_similarity(recipe, source, data)
+    per_class_n = len(data.train.labels) // data.num_classes
+    chosen, why = choose_regime(sim.similar, per_class_n, recipe.finetune.lots_from)
+    return chosen, f"{why}; {sim.why}", sim
 
 
 def _features_data(recipe: Recipe, data: ImageDataModule, feats: dict[str, torch.Tensor], cols: torch.Tensor) -> ImageDataModule:
@@ -142,21 +160,22 @@ def _public(r: dict[str, Any]) -> dict[str, Any]:
 def _meta(recipe: Recipe, source: Source) -> dict[str, Any]:
     return {"backbone": source.spec.backbone, "weights": source.backbone.identity, "backbone_source": source.backbone.source,
             "data": recipe.data.source, "classes": recipe.data.classes, "image_size": recipe.data.image_size,
-            "similar": source.similar, "stage_channels": source.backbone.channels}
+            "declared_similar": source.spec.similar, "stage_channels": source.backbone.channels}
 
 
 def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results."""
     source = load_source(recipe)
     data = load_data(recipe, source)
-    chosen, why = resolve(regime or source.spec.regime, source, data)
+    chosen, why, sim = resolve(regime or source.spec.regime, recipe, source, data)
     run_dir = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "finetune")
     runinfo.write_recipe(run_dir, recipe.dump())
     t0 = time.perf_counter()
     r = fit_regime(recipe, source, data, chosen, run_dir, progress)
     module = r.pop("_module")
     results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
-               "why": why, **r, "wall_time_s": time.perf_counter() - t0,
+               "why": why, "similar": sim.similar if sim else source.spec.similar,
+               "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
                "per_class_acc": dict(zip(data.test.classes, module.test_per_class_acc)),
                "device": runinfo.device_info(module.device), "versions": runinfo.versions(), "seed": recipe.seed}
     runinfo.write_json(run_dir / "results.json", results)
@@ -178,19 +197,20 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
         s = source.spec.sweep
         for size, epochs in zip(s.sizes, s.max_epochs):
             r = recipe.model_copy(deep=True)
-            r.data.subset, r.trainer.max_epochs = size, epochs
+            r.data.subset, r.trainer.max_epochs = (None if size == "all" else size), epochs
             data = load_data(r, source)
-            auto, why = resolve("auto", source, data)
+            auto, why, sim = resolve("auto", r, source, data)
             got = []
             for regime in s.regimes:
                 out = fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress)
                 device = out.pop("_module").device
-                got.append({"recipe": name, "similar": source.similar, "size": size, **out})
+                got.append({"recipe": name, "similar": sim.similar, "size": size, **out})
                 runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
             rows += got
             best = max(got, key=lambda g: g["test_acc"])
-            cells.append({"recipe": name, "similar": source.similar, "size": size, "best": best["regime"],
-                          "best_acc": best["test_acc"], "auto": auto, "why": why,
+            cells.append({"recipe": name, "similar": sim.similar, "probes": sim.probes, "size": size,
+                          "best": best["regime"], "best_acc": best["test_acc"], "auto": auto, "why": why,
+                          "auto_acc": next(g["test_acc"] for g in got if g["regime"] == auto) if auto in s.regimes else None,
                           "scratch_acc": next((g["test_acc"] for g in got if g["regime"] == "scratch"), None)})
     wall = time.perf_counter() - t0
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,

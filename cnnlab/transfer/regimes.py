@@ -76,7 +76,7 @@ def scratch(n: int, spec) -> Plan:
 
 def choose_regime(similar: bool, images_per_class: int, lots_from: int) -> tuple[str, str]:
     """`auto`: the lecture's 2x2 table. Data counts as 'lots' from `lots_from` training images per
-    class; 'similar' means the backbone was trained on the same data source. Returns (regime, why)."""
+    class; `similar` is measured (`transfer.similarity`) or declared. Returns (regime, why)."""
     lots = images_per_class >= lots_from
     size = f"{images_per_class} images/class {'>=' if lots else '<'} lots_from {lots_from}"
     kind = "similar" if similar else "different"
