@@ -327,13 +327,17 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
     ("mismatched", "does not fit backbone efficientnet-lite0"),
     ("not_a_checkpoint", "is not a cnnlab checkpoint"),
     ("regime", "'lineer' is not a fine-tuning regime (did you mean 'linear'?)"),
+    ("one_per_class", "finetune.similar: auto measures similarity with cross-validated probes"),
+    ("sweep_size_1", "finetune.sweep.sizes (tiny_ft): auto's similarity probes need at least 2 images per class"),
 ])
 def test_weight_and_regime_errors_exit_2_in_one_line(cli, tmp_path, source_run, case, message):
     torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "small.pth")
     over = {"missing": ["--set", f"finetune.weights={tmp_path / 'nope.ckpt'}"],
             "mismatched": ["--set", "finetune.backbone=efficientnet-lite0", "--set", f"finetune.weights={tmp_path / 'small.pth'}"],
             "not_a_checkpoint": ["--set", f"finetune.weights={tmp_path / 'small.pth'}"],
-            "regime": ["--regime", "lineer"]}[case]
+            "regime": ["--regime", "lineer"],
+            "one_per_class": ["--set", "data.subset=1"],
+            "sweep_size_1": ["--sweep", "--set", "finetune.sweep.sizes=[1, 8]"]}[case]
     if case == "mismatched":
         pytest.importorskip("efficientnet_lite_pytorch")
     res = cli("finetune", finetune_yaml(tmp_path, source_run), *over)

@@ -186,6 +186,10 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
     """Every regime of `finetune.sweep.regimes` at every size of `finetune.sweep.sizes`, for each recipe
     (one per row of the lecture's table); writes regimes.json, results.json and regimes.png."""
     sources = [(name, r, load_source(r)) for name, r in recipes]  # all weights checked before any work
+    for name, r, src in sources:
+        if src.spec.similar is None and src.spec.sweep.sizes[0] == 1:
+            raise UserError(f"finetune.sweep.sizes ({name}): auto's similarity probes need at least 2 images per class, "
+                            "got size 1; set finetune.similar: true or false")
     first = recipes[0][1]
     run_dir = runinfo.new_run_dir(first.output.dir, first.output.name if len(recipes) == 1 else "transfer-grid")
     t0 = time.perf_counter()
