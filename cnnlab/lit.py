@@ -147,7 +147,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, callbacks: list[pl.Callback] = 
 
     t = recipe.trainer
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
-                           monitor="val/acc" if has_val else None, mode="max", save_top_k=1)
+                           monitor="val/acc" if has_val else None, mode="max",
+                           save_top_k=1 if has_val else 0)  # no validation: no 'best', last.ckpt only
     cbs: list[pl.Callback] = [ckpt, *callbacks]
     if progress:
         cbs.append(RichProgressBar(leave=False))
