@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab import recipe as rc
+from cnnlab import runinfo
 from cnnlab import report
 from cnnlab.tasks import augment as task
 
@@ -17,6 +18,7 @@ OPS = "[{name: shift, max_px: 2}, {name: hflip}, {name: crop, padding: 2}, {name
 
 
 def main() -> None:
+    runinfo.quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=40, help="batches of 512 per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)

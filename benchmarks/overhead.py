@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import recipe as rc
+from cnnlab import runinfo
 from cnnlab.lit import build_optimizer, lr_factor
 from cnnlab.models import build_model
 from cnnlab.tasks import train as train_task
@@ -54,6 +55,7 @@ def cnnlab_epoch(r: rc.Recipe) -> tuple[float, float]:
 
 
 def main() -> None:
+    runinfo.quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/fashion_mnist.yaml")
     ap.add_argument("--per-class", type=int, default=1500, help="training images per class")

@@ -31,19 +31,6 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _quiet_lightning() -> None:
-    import logging
-    import warnings
-
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pytorch_lightning")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # the run folder already holds recipe.yaml; the CSV logger only replaces its own metrics.csv
-    # (whose earlier rows a resume puts back), so its "will be deleted" warning misleads
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-
-
 @app.command()
 @user_errors
 def train(
@@ -72,7 +59,9 @@ def train(
 
         report.console.print(yaml.safe_dump(r.dump(), sort_keys=False), highlight=False, markup=False)
         return
-    _quiet_lightning()
+    from cnnlab.runinfo import quiet_lightning
+
+    quiet_lightning()
     from cnnlab.tasks import train as task
 
     report.train_summary(task.run(r, resume=resume))
@@ -83,8 +72,9 @@ def train(
 def eval_(path: Annotated[Path, typer.Argument(help="A run folder or a .ckpt file.")]) -> None:
     """Re-evaluate a run folder's best (or a given) checkpoint on the test split."""
     from cnnlab import report
+    from cnnlab.runinfo import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     from cnnlab.tasks import evaluate
 
     report.eval_summary(evaluate.run(path))
@@ -107,7 +97,7 @@ def augment(
     from cnnlab.tasks import augment as task
 
     r = rc.load(recipe, set_ or [])
-    _quiet_lightning()
+    runinfo.quiet_lightning()
     data, pipe = task.prepare(r)  # loads the data: a bad root fails here, before any folder exists
     g = task.grid(r, data, pipe, rows=rows)
     b = task.bench(r, data, pipe, batch_size=batch_size) if bench else None
@@ -144,7 +134,9 @@ def finetune(
     loaded = [(Path(p).stem, rc.load(p, over)) for p in recipes]
     if len(loaded) > 1 and not sweep:
         raise UserError("several recipes make one table: add --sweep, or give one recipe")
-    _quiet_lightning()
+    from cnnlab.runinfo import quiet_lightning
+
+    quiet_lightning()
     from cnnlab.tasks import finetune as task
 
     if sweep:

@@ -16,6 +16,20 @@ import torch
 import yaml
 
 
+def quiet_lightning() -> None:
+    """Keep the console for cnnlab's own output: no Lightning banners, tips or known-harmless warnings."""
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # the run folder already holds recipe.yaml; the CSV logger only replaces its own metrics.csv
+    # (whose earlier rows a resume puts back), so its "will be deleted" warning misleads
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
     """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
