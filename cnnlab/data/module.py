@@ -128,10 +128,10 @@ class ImageDataModule(pl.LightningDataModule):
 
     @classmethod
     def from_splits(cls, spec: DataSpec, seed: int, train: Split, val: Split, test: Split) -> "ImageDataModule":
-        """Batches of splits made elsewhere (e.g. cached features as (N, D, 1, 1) float tensors)."""
+        """Batches of splits made elsewhere (e.g. cached features as (N, D, 1, 1) float tensors);
+        no normalisation statistics: the caller decides what the model sees."""
         dm = cls(spec, seed)
         dm.train, dm.val, dm.test = train, val, test
-        dm.mean, dm.std = channel_stats(train.images)
         return dm
 
     @property

@@ -105,8 +105,9 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
                                            spec.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator, progress)
         cols = tap_slices(bb.channels, plan.taps)
         fit_data = _features_data(recipe, data, feats, cols)
-        net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(len(cols), k)))
-        d = len(cols)  # the head sees the features as they are, exactly as through the backbone
+        d = len(cols)
+        net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
+        # no normalisation: the head sees the features as they are, exactly as through the backbone
         module = Classifier(net, recipe, k, torch.zeros(d), torch.ones(d))
         trainable = sum(p.numel() for p in net.parameters())
     else:
@@ -212,10 +213,10 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
                 runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
             rows += got
             best = max(got, key=lambda g: g["test_acc"])
+            acc = {g["regime"]: g["test_acc"] for g in got}
             cells.append({"recipe": name, "similar": sim.similar, "probes": sim.probes, "size": size,
                           "best": best["regime"], "best_acc": best["test_acc"], "auto": auto, "why": why,
-                          "auto_acc": next(g["test_acc"] for g in got if g["regime"] == auto) if auto in s.regimes else None,
-                          "scratch_acc": next((g["test_acc"] for g in got if g["regime"] == "scratch"), None)})
+                          "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch")})
     wall = time.perf_counter() - t0
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
                "wall_time_s": wall, "device": runinfo.device_info(device or "cpu"),
