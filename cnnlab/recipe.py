@@ -467,7 +467,10 @@ def apply_overrides(raw: dict, overrides: list[str], lines: dict[Path_, int]) ->
             else:
                 problems.append(f"--set {key}: no such list item")
                 continue
-            lines[tuple(parts)] = "--set"  # type: ignore[assignment]
+            key_path = tuple(parts)
+            for stale in [p for p in lines if p[: len(key_path)] == key_path]:
+                del lines[stale]  # the file's lines for what the override replaced (e.g. a list's items)
+            lines[key_path] = "--set"  # type: ignore[assignment]
     return problems
 
 

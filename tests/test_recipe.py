@@ -111,3 +111,9 @@ def test_sweep_sizes_take_all_last_and_must_ascend(tmp_path):
     assert p.startswith("finetune.sweep.sizes") and "ascending" in p
     [p] = problems(tmp_path, "finetune:\n  sweep: {sizes: [10, lots], max_epochs: [1, 2]}\n")
     assert p.startswith("finetune.sweep.sizes.1") and "'lots'" in p
+
+
+def test_override_of_a_whole_list_names_set_not_the_files_line(tmp_path):
+    text = "finetune:\n  sweep: {sizes: [10, 100], max_epochs: [1, 2]}\n"
+    [p] = problems(tmp_path, text, ["finetune.sweep.sizes=[10, lots]"])
+    assert p.startswith("finetune.sweep.sizes.1 (--set)"), p
