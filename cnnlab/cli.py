@@ -64,7 +64,11 @@ def train(
     quiet_lightning()
     from cnnlab.tasks import train as task
 
-    report.train_summary(task.run(r, resume=resume))
+    if resume is not None:
+        task.check_resume_overrides(set_ or [])
+    results = task.run(r, resume=resume, resume_overrides=set_ or [])
+    if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
+        report.train_summary(results)
 
 
 @app.command("eval")

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.runinfo import MetricsCSV, RunFolder
 from cnnlab.recipe import OptimSpec, Recipe, ScheduleSpec
+
+PER_CLASS = "test/acc_class_"  # + class index: per-class test accuracy in trainer.test's results
 
 
 def lr_factor(step: int, total: int, steps_per_epoch: int, s: ScheduleSpec) -> float:
@@ -48,32 +51,42 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_
 
 class Classifier(pl.LightningModule):
     """Cross-entropy image classifier. Batches arrive as uint8 (B, C, H, W); augmentation (device
-    mode) and normalisation happen on the training device, after the transfer."""
+    mode) and normalisation happen on the training device, after the transfer. Metrics are
+    torchmetrics, so val/test values are reduced over every process of a data-parallel run."""
 
-    def __init__(self, net: nn.Module, recipe: Recipe, num_classes: int, mean: Tensor, std: Tensor,
+    def __init__(self, net: nn.Module, num_classes: int, mean: Tensor, std: Tensor, *, optim: OptimSpec,
+                 schedule: ScheduleSpec, seed: int = 0, channels_last: bool = True,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                 lr_scale: dict[str, float] | None = None):
+                 lr_scale: dict[str, float] | None = None, hparams: dict | None = None):
         super().__init__()
-        self.net, self.recipe, self.augment, self.lr_scale = net, recipe, augment, lr_scale
-        self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes}, logger=False)
+        self.net, self.augment, self.lr_scale = net, augment, lr_scale
+        self.optim, self.schedule, self.seed = optim, schedule, seed
+        # what `cnnlab eval` and backbones need to rebuild this module from its checkpoint alone
+        self.save_hyperparameters({**(hparams or {}), "num_classes": num_classes}, logger=False)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()  # weighted by images: exact when processes hold unequal shards
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_loss = MeanMetric()
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self._gen: torch.Generator | None = None
-        self.memory_format = torch.channels_last if recipe.trainer.channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def step_seed(self) -> int:
+        """Every random draw of a training step (dropout, device augmentation) is a function of
+        (seed, rank, step): a resumed run continues exactly as an uninterrupted one would have, and
+        the processes of a data-parallel run draw differently (rank 0 as a single process would)."""
+        return self.seed * 1_000_003 + self.global_step + self.global_rank * 7_919_000_017
+
     def _seed_step(self) -> None:
-        # every random draw of a step (dropout, augmentation) is a function of (seed, step), so a
-        # run resumed from a checkpoint continues exactly as an uninterrupted one would have
-        seed = self.recipe.seed * 1_000_003 + self.global_step
+        seed = self.step_seed()
         if self.device.type == "cpu":
             # torch.manual_seed would also queue a lazy CUDA seeding call with a formatted stack trace
             # on every step of a CPU run (2.5 ms a step, and a list that grows for the whole run)
@@ -92,30 +105,36 @@ class Classifier(pl.LightningModule):
                 x = self.augment(x, self._gen)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format), y
+        x = (x - self.mean) / self.std
+        # the weights' dtype: bf16-true / 64-true convert the module, never the batch; mixed modes
+        # keep float32 weights and autocast does the rest
+        return x.to(dtype=self.dtype).contiguous(memory_format=self.memory_format), y
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.optim.label_smoothing if stage == "train" else 0.0)
-        acc = getattr(self, f"{stage}_acc")
-        acc.update(logits, y)  # forward() would also compute a batch value nobody reads
+        loss = F.cross_entropy(logits, y, label_smoothing=self.optim.label_smoothing if stage == "train" else 0.0)
+        getattr(self, f"{stage}_acc").update(logits, y)  # forward() would also compute a batch value nobody reads
+        getattr(self, f"{stage}_loss").update(loss.detach().float(), len(y))
         if stage == "train":
             # epoch means are logged once, at the epoch's end: Lightning's self.log costs ~1 ms a
             # call, as much as a whole step of a linear head on cached features
-            self.train_loss.update(loss.detach(), len(y))
             if self.global_step % self.trainer.log_every_n_steps == 0:
                 self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
-            return loss
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
-        if stage == "test":
+        elif stage == "test":
             self.test_per_class.update(logits, y)
         return loss
 
+    def _log_epoch(self, stage: str) -> None:
+        # metric objects: Lightning computes them once, reduced over every process
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
+        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), prog_bar=stage != "test")
+
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss)
-        self.log("train/acc", self.train_acc)
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -127,29 +146,34 @@ class Classifier(pl.LightningModule):
         self._step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.test_per_class_acc = self.test_per_class.compute().tolist()
+        self._log_epoch("test")
+        # per-class accuracy leaves through Lightning's own path (trainer.test's results), which
+        # also carries it back from ddp_spawn's workers
+        per_class = self.test_per_class.compute()
+        self.log_dict({f"{PER_CLASS}{i}": acc for i, acc in enumerate(per_class)})
         self.test_per_class.reset()
 
     def configure_optimizers(self):
-        opt = build_optimizer(list(self.net.named_parameters()), self.recipe.optim, self.lr_scale)
+        opt = build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale)
         total = self.trainer.estimated_stepping_batches
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, total, per_epoch, self.recipe.schedule))
+            opt, lambda step: lr_factor(step, total, per_epoch, self.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def build_trainer(recipe: Recipe, run_dir: Path, callbacks: list[pl.Callback] = (), has_val: bool = True,
+def build_trainer(recipe: Recipe, run: Path | RunFolder, callbacks: list[pl.Callback] = (), has_val: bool = True,
                   progress: bool = True) -> pl.Trainer:
-    """A Trainer with the recipe's `trainer:` arguments, rich progress, CSV metrics and checkpoints."""
+    """A Trainer with the recipe's `trainer:` arguments, rich progress, metrics.csv and checkpoints in
+    the run folder (a path, or a RunFolder that global rank 0 fills in before `fit`). cnnlab's own
+    samplers shard the data per process (`use_distributed_sampler=False`)."""
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
-    from pytorch_lightning.loggers import CSVLogger
 
     t = recipe.trainer
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
-                           monitor="val/acc" if has_val else None, mode="max",
+    folder = run if isinstance(run, RunFolder) else RunFolder(run)
+    ckpt = ModelCheckpoint(filename="best", save_last=True, monitor="val/acc" if has_val else None, mode="max",
                            save_top_k=1 if has_val else 0)  # no validation: no 'best', last.ckpt only
-    cbs: list[pl.Callback] = [ckpt, *callbacks]
+    cbs: list[pl.Callback] = [folder, ckpt, *callbacks]
     if progress:
         cbs.append(RichProgressBar(leave=False))
     return pl.Trainer(
@@ -157,6 +181,5 @@ def build_trainer(recipe: Recipe, run_dir: Path, callbacks: list[pl.Callback] = 
         max_epochs=t.max_epochs, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if has_val else 0,
         log_every_n_steps=t.log_every_n_steps, callbacks=cbs, enable_progress_bar=progress,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""), default_root_dir=str(run_dir),
-        enable_model_summary=False, num_sanity_val_steps=0,
+        logger=MetricsCSV(), enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
     )

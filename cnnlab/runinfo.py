@@ -14,6 +14,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 
 def quiet_lightning() -> None:
@@ -31,7 +33,7 @@ def quiet_lightning() -> None:
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty."""
+    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty. Call it on global rank 0 only."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out_dir) / f"{name}-{stamp}"
     path, k = base, 1
@@ -39,6 +41,86 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
         path, k = Path(f"{base}-{k}"), k + 1
     path.mkdir(parents=True)
     return path
+
+
+def launch_rank(trainer: pl.Trainer) -> int:
+    """The global rank this process will have once the processes meet, read before they do (from the
+    launcher's environment: torchrun, SLURM, or Lightning's own launcher, whose children carry LOCAL_RANK)."""
+    s = trainer.strategy
+    return s.node_rank * s.num_processes + s.local_rank if hasattr(s, "node_rank") else 0
+
+
+class RunFolder(pl.Callback):
+    """Where a Trainer writes. Global rank 0 makes the folder before `fit` (`path`); when the processes
+    meet, its name is broadcast to all of them, and checkpoints and metrics are pointed there."""
+
+    def __init__(self, path: Path | None = None, keep_epochs_before: int | None = None):
+        self.path = Path(path) if path is not None else None
+        self.keep_epochs_before = keep_epochs_before  # a resumed fit keeps the metrics rows of these epochs
+
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        path = trainer.strategy.broadcast(str(self.path) if self.path is not None else None, src=0)
+        if path is None:
+            raise RuntimeError("no run folder: global rank 0 must make it before fit")
+        self.path = Path(path)
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.dirpath = str(self.path / "checkpoints")
+        for logger in trainer.loggers:
+            if isinstance(logger, MetricsCSV) and logger.path is None:
+                # a resumed fit redoes the epochs after its checkpoint; anything else appends
+                logger.start(self.path / "metrics.csv", self.keep_epochs_before if stage == "fit" else None)
+        quiet_lightning()  # in ddp_spawn's workers too
+
+
+class MetricsCSV(Logger):
+    """metrics.csv, rewritten (atomically) by global rank 0 on every log call, so the rows are on disk
+    at all times: a crash loses nothing, and a resumed run keeps the rows of the epochs it keeps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: Path | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str | None:
+        return str(self.path.parent) if self.path else None
+
+    def start(self, path: Path, keep_epochs_before: int | None = None) -> None:
+        self.path = path
+        if rank_zero_only.rank == 0:
+            self.rows = read_metrics(path, keep_epochs_before)
+            if self.rows or path.exists():
+                self._write()
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # recipe.yaml and the checkpoints hold them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+        self.rows.append({"epoch": int(metrics.get("epoch", 0)), "step": step, **row})
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        keys = sorted(set().union(*self.rows) - {"epoch", "step"}) if self.rows else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys], restval="")
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
 
 
 def find_checkpoint(path: str | Path, key: str | None = None) -> Path:
@@ -67,25 +149,25 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def read_metrics(path: Path, before_epoch: int) -> list[dict[str, str]]:
-    """Rows of a Lightning metrics.csv logged before `before_epoch` (kept across a resume)."""
+def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a metrics.csv (those logged before `before_epoch`, when given), values as floats."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("epoch") and int(row["epoch"]) < before_epoch]
+        rows = [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in row.items() if v}
+                for row in csv.DictReader(f) if row.get("epoch")]
+    return [r for r in rows if before_epoch is None or r["epoch"] < before_epoch]
 
 
-def prepend_metrics(path: Path, rows: list[dict[str, str]]) -> None:
-    """Lightning's CSV logger starts metrics.csv afresh; put the rows from before a resume back."""
-    if not rows:
-        return
-    with open(path, newline="") as f:
-        new = list(csv.DictReader(f))
-    keys = sorted(set().union(*rows, *new) - {"epoch", "step"})
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys])
-        w.writeheader()
-        w.writerows(rows + new)
+def best_metric(path: Path, key: str) -> float | None:
+    """The largest value `key` reached in a metrics.csv (e.g. the best validation accuracy)."""
+    values = [r[key] for r in read_metrics(path) if key in r]
+    return max(values) if values else None
+
+
+def epochs_logged(path: Path) -> int:
+    """Training epochs a metrics.csv holds (across a resume, too)."""
+    return len({r["epoch"] for r in read_metrics(path) if "train/loss" in r})
 
 
 def versions() -> dict[str, str]:
@@ -107,37 +189,57 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_info(device: torch.device | str) -> dict[str, Any]:
-    device = torch.device(device)
+def device_info(trainer: pl.Trainer) -> dict[str, Any]:
+    """The device the strategy trained on (not the module's, which teardown moves back to the CPU)."""
+    device = trainer.strategy.root_device
+    info: dict[str, Any] = {"type": device.type, "processes": trainer.world_size, "strategy": type(trainer.strategy).__name__}
     if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count()}
-    return {"type": device.type, "name": cpu_name(), "threads": torch.get_num_threads()}
+        return {**info, "name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count()}
+    return {**info, "name": cpu_name(), "threads": torch.get_num_threads()}
 
 
-def peak_memory_mib(device: torch.device | str) -> dict[str, float]:
-    out = {"host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.device(device).type == "cuda":
-        out["device_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
+def host_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Throughput(pl.Callback):
-    """Training images per second, timed over training batches only (no validation, no set-up)."""
+    """Training images per second over every process, timed over training batches only (no
+    validation, no set-up; the device synchronised at each timestamp), and peak memory. Both are
+    logged at each epoch's end, so they reach the main process from ddp_spawn's workers too."""
 
     def __init__(self) -> None:
         self.images, self.seconds, self._t0, self._last = 0, 0.0, 0.0, 0.0
 
+    def _now(self, module: pl.LightningModule) -> float:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # kernels run asynchronously: wait for them
+        return time.perf_counter()
+
     def on_train_epoch_start(self, trainer, module) -> None:
-        self._t0 = self._last = time.perf_counter()
+        self._t0 = self._last = self._now(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[1])
-        self._last = time.perf_counter()
+        self._last = self._now(module)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         # validation runs before this hook: count up to the last training batch only
         self.seconds += self._last - self._t0
+        rate = self.images / self.seconds if self.seconds else 0.0
+        module.log(THROUGHPUT, rate, reduce_fx="sum", sync_dist=True)  # processes run side by side
+        module.log(HOST_PEAK, host_peak_mib(), reduce_fx="max", sync_dist=True)
+        if module.device.type == "cuda":
+            module.log(DEVICE_PEAK, torch.cuda.max_memory_allocated(module.device) / 2**20, reduce_fx="max",
+                       sync_dist=True)
 
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
+
+THROUGHPUT, HOST_PEAK, DEVICE_PEAK = "perf/train_images_per_s", "perf/host_peak_mib", "perf/device_peak_mib"
+
+
+def perf(trainer: pl.Trainer) -> dict[str, Any]:
+    """Throughput and peak memory of the last fit, from the metrics Lightning kept."""
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    memory = {"host_rss_mib": m.get(HOST_PEAK, host_peak_mib())}
+    if DEVICE_PEAK in m:
+        memory["device_allocated_mib"] = m[DEVICE_PEAK]
+    return {"train_images_per_s": m.get(THROUGHPUT, 0.0), "peak_memory": memory}

@@ -44,41 +44,65 @@ def test_train_smoke_end_to_end_then_eval(cli):
     assert e["test_acc"] == pytest.approx(r["test_acc"])
 
 
-def test_resume_continues_from_saved_epoch(cli):
-    assert cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=1").exit_code == 0
-    run = only_run(cli.runs)
-    res = cli("train", "--resume", str(run), "--set", "trainer.max_epochs=2")
-    assert res.exit_code == 0, res.output
-    assert only_run(cli.runs) == run
-    r = json.loads((run / "results.json").read_text())
-    assert r["epochs"] == 2 and r["resumed_from"].endswith("last.ckpt")
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 2 * (360 // 32)  # two epochs of whole batches, not one, not three
-    from cnnlab.report import epoch_metrics
-
-    m = epoch_metrics(run / "metrics.csv")
-    assert sorted(m["train/acc"]) == [0, 1] and sorted(m["val/acc"]) == [0, 1]  # the first epoch's rows kept
-
-
 class Crash(Exception):
     pass
 
 
-
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+def crash_at(epoch: int):
     import pytorch_lightning as pl
 
     class CrashAtEpoch(pl.Callback):
         def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == 2:
+            if trainer.current_epoch == epoch:
                 raise Crash
 
+    return CrashAtEpoch()
+
+
+def test_resume_from_the_cli_continues_keeps_metrics_and_the_recipe(cli):
+    r = rc.load(SMOKE, [f"output.dir={cli.runs}", "trainer.max_epochs=3"])
+    with pytest.raises(Crash):
+        train_task.run(r, callbacks=[crash_at(2)], progress=False)
+    run = only_run(cli.runs)
+    from cnnlab.report import epoch_metrics
+
+    assert sorted(epoch_metrics(run / "metrics.csv")["train/acc"]) == [0, 1]  # on disk at the crash
+    recipe_before = (run / "recipe.yaml").read_text()
+
+    refused = cli("train", "--resume", str(run), "--set", "trainer.max_epochs=4")
+    assert refused.exit_code == 2 and "--set trainer.max_epochs=4 would change it" in " ".join(refused.output.split())
+
+    res = cli("train", "--resume", str(run), "--set", "trainer.accelerator=cpu")
+    assert res.exit_code == 0, res.output
+    assert only_run(cli.runs) == run and (run / "recipe.yaml").read_text() == recipe_before
+    out = json.loads((run / "results.json").read_text())
+    assert out["epochs"] == 3 and out["resumed_from"].endswith("last.ckpt")
+    assert out["resume_overrides"] == ["trainer.accelerator=cpu"]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 * (360 // 32)  # three epochs of whole batches
+    m = epoch_metrics(run / "metrics.csv")
+    assert sorted(m["train/acc"]) == [0, 1, 2] and sorted(m["val/acc"]) == [0, 1, 2]  # no epoch lost or twice
+
+
+def test_a_crash_during_the_resumed_part_keeps_every_earlier_row_on_disk(tmp_path):
+    from cnnlab.report import epoch_metrics
+
+    r = rc.load(SMOKE, [f"output.dir={tmp_path}", "trainer.max_epochs=4", "data.subset=10", "output.plots=false"])
+    with pytest.raises(Crash):
+        train_task.run(r, callbacks=[crash_at(2)], progress=False)
+    [run] = list(tmp_path.iterdir())
+    with pytest.raises(Crash):
+        train_task.run(r, resume=run, callbacks=[crash_at(3)], progress=False)
+    assert sorted(epoch_metrics(run / "metrics.csv")["train/acc"]) == [0, 1, 2]
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
     over = ["trainer.max_epochs=4", "data.subset=20", "model.dropout=0.3"]
     straight = rc.load(SMOKE, over + [f"output.dir={tmp_path / 'a'}"])
     crashed = rc.load(SMOKE, over + [f"output.dir={tmp_path / 'b'}"])
     a = train_task.run(straight, progress=False)
     with pytest.raises(Crash):
-        train_task.run(crashed, callbacks=[CrashAtEpoch()], progress=False)
+        train_task.run(crashed, callbacks=[crash_at(2)], progress=False)
     [run_b] = list((tmp_path / "b").iterdir())
     b = train_task.run(crashed, resume=run_b, progress=False)
     wa = torch.load(f"{a['run_dir']}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
@@ -105,13 +129,12 @@ def test_print_recipe_writes_nothing(cli):
     (["eval-tta", "x.yaml"], "`cnnlab eval-tta` is not available yet"),
 ])
 def test_user_errors_exit_2_without_traceback(cli, args, message):
-    args = [a if a != SMOKE else a for a in args] + (["--set", f"output.dir={cli.runs}"] if args[0] == "train" and len(args) > 2 else [])
-    res = cli(*args)
+    res = cli(*args)  # output.dir stays the default `runs`, relative to the empty working folder
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.split())
     assert message in text, text
     assert "Traceback" not in res.output
-    assert not cli.runs.exists()  # nothing half-written
+    assert list(cli.cwd.iterdir()) == []  # nothing half-written
 
 
 def test_yaml_syntax_error_through_cli(cli, tmp_path):

@@ -89,10 +89,10 @@ def test_imagefolder_and_cifar_need_a_root(tmp_path):
 
 
 def test_epoch_shuffle_is_a_function_of_seed_and_epoch():
-    s = EpochShuffle(100, seed=1)
+    s = EpochShuffle(100, seed=1, batch_size=100)
     s.set_epoch(2)
     first = list(s)
-    t = EpochShuffle(100, seed=1)
+    t = EpochShuffle(100, seed=1, batch_size=100)
     t.set_epoch(2)
     assert list(t) == first and sorted(first) == list(range(100))
     t.set_epoch(3)

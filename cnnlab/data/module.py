@@ -40,22 +40,57 @@ def _batch(b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return b  # __getitems__ already returns a collated batch
 
 
-class EpochShuffle(Sampler[int]):
-    """A permutation that is a pure function of (seed, epoch): a resumed run sees the same order
-    as an uninterrupted one. Lightning calls `set_epoch` on samplers that have it."""
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """`data.batch_size` is the global batch: every process takes an equal share of it."""
+    if batch_size % processes:
+        raise UserError(f"data.batch_size: {batch_size} images do not split evenly over {processes} processes; "
+                        f"use a multiple of {processes} (it is the global batch, divided per process)")
+    return batch_size // processes
 
-    def __init__(self, n: int, seed: int):
+
+class EpochShuffle(Sampler[int]):
+    """This process's share of a permutation that is a pure function of (seed, epoch): a resumed run
+    sees the same order as an uninterrupted one. Each global batch of the permutation is cut into
+    `processes` equal slices, so every step trains on the same images whatever the process count.
+    Only whole global batches are used when there is more than one. Lightning calls `set_epoch`."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int = 0, processes: int = 1):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.batch_size, self.rank, self.processes = batch_size, rank, processes  # batch_size: global
+        if n < processes:
+            raise UserError(f"data: {n} training images cannot be shared by {processes} processes")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)
+        B = self.batch_size
+        if self.n > B:
+            order = order[: self.n // B * B].view(-1, B)  # (global batches, B)
+        else:
+            order = order.view(1, -1)  # one smaller batch
+        return iter(order.tensor_split(self.processes, dim=1)[self.rank].flatten().tolist())
 
     def __len__(self) -> int:
-        return self.n
+        if self.n > self.batch_size:
+            return self.n // self.batch_size * (self.batch_size // self.processes)
+        return len(torch.arange(self.n).tensor_split(self.processes)[self.rank])
+
+
+class Shard(Sampler[int]):
+    """A contiguous, unpadded share of 0..n-1 for evaluation: every image is counted exactly once
+    over all processes (a DistributedSampler pads with repeats to equal lengths)."""
+
+    def __init__(self, n: int, rank: int = 0, processes: int = 1):
+        self.indices = torch.arange(n).tensor_split(processes)[rank].tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def per_class(labels: Tensor, count: int | None, g: torch.Generator) -> Tensor:
@@ -148,11 +183,14 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, split: Split, train: bool, transform: Callable | None = None) -> DataLoader:
         ds = TensorImages(split.images, split.labels, transform)
+        trainer = self.trainer
+        rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch = per_process_batch(self.spec.batch_size, processes)
+        sampler = (EpochShuffle(len(ds), self.seed, self.spec.batch_size, rank, processes) if train
+                   else Shard(len(ds), rank, processes))
         w = self.spec.num_workers
-        return DataLoader(ds, batch_size=self.spec.batch_size,
-                          sampler=EpochShuffle(len(ds), self.seed) if train else None,
-                          collate_fn=_batch, num_workers=w, persistent_workers=w > 0,
-                          drop_last=train and len(ds) > self.spec.batch_size)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=_batch, num_workers=w,
+                          persistent_workers=w > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, True, self.train_transform)

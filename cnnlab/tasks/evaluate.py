@@ -32,13 +32,15 @@ def run(path: Path, progress: bool = True) -> dict[str, Any]:
                          enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                          callbacks=[RichProgressBar(leave=False)] if progress else [])
     tested = trainer.test(a.module, datamodule=a.data, verbose=False)[0]
+    from cnnlab.tasks.train import per_class_acc
+
     results = {
         "checkpoint": str(ckpt_path),
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
-        "per_class_acc": dict(zip(a.data.test.classes, a.module.test_per_class_acc)),
+        "per_class_acc": per_class_acc(tested, a.data.test.classes),
         "images": len(a.data.test.labels),
-        "device": runinfo.device_info(a.module.device),
+        "device": runinfo.device_info(trainer),
         "versions": runinfo.versions(),
     }
     runinfo.write_json(run_dir / "eval.json", results)

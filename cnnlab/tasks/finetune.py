@@ -18,6 +18,7 @@ from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
+from cnnlab.tasks.train import module_args, per_class_acc
 from cnnlab.recipe import FinetuneSpec, Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
 from cnnlab.transfer.regimes import zero_head
@@ -108,7 +109,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         d = len(cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
         # no normalisation: the head sees the features as they are, exactly as through the backbone
-        module = Classifier(net, recipe, k, torch.zeros(d), torch.ones(d))
+        module = Classifier(net, k, torch.zeros(d), torch.ones(d), **module_args(recipe))
         trainable = sum(p.numel() for p in net.parameters())
     else:
         bb = source.make(plan.pretrained)
@@ -116,14 +117,13 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         net.set_frozen(plan.frozen)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
         augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None
-        module = Classifier(net, recipe, k, mean, std, augment=augment, lr_scale=plan.lr_scale)
+        module = Classifier(net, k, mean, std, augment=augment, lr_scale=plan.lr_scale, **module_args(recipe))
         fit_data = data
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         callbacks = [FreezeSchedule(plan, spec.freeze_epochs), *callbacks]
     extract_s = time.perf_counter() - t0
     has_val = len(data.val.labels) > 0
-    speed = runinfo.Throughput()
-    trainer = build_trainer(recipe, run_dir, [speed, *callbacks], has_val=has_val, progress=progress)
+    trainer = build_trainer(recipe, run_dir, [runinfo.Throughput(), *callbacks], has_val=has_val, progress=progress)
     t1 = time.perf_counter()
     trainer.fit(module, datamodule=fit_data)
     fit_s = time.perf_counter() - t1
@@ -134,7 +134,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "regime": regime,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
-        "best_val_acc": float(trainer.checkpoint_callback.best_model_score) if has_val and trainer.checkpoint_callback.best_model_score is not None else None,
+        "best_val_acc": runinfo.best_metric(run_dir / "metrics.csv", "val/acc"),
         "images_per_class": len(data.train.labels) // k,
         "images": {"train": len(data.train.labels), "val": len(data.val.labels), "test": len(data.test.labels)},
         "epochs": trainer.current_epoch,
@@ -148,7 +148,9 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "cache_hit": cache_hit,
         "features_s": extract_s,
         "fit_s": fit_s,
-        "train_images_per_s": speed.images_per_s,
+        **runinfo.perf(trainer),
+        "per_class_acc": per_class_acc(tested, data.test.classes),
+        "device": runinfo.device_info(trainer),
         "checkpoint": best or str(run_dir / "checkpoints" / "last.ckpt"),
         "_module": module,
     }
@@ -177,8 +179,7 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
     results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
                "why": why, "similar": sim.similar if sim else source.spec.similar,
                "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
-               "per_class_acc": dict(zip(data.test.classes, module.test_per_class_acc)),
-               "device": runinfo.device_info(module.device), "versions": runinfo.versions(), "seed": recipe.seed}
+               "versions": runinfo.versions(), "seed": recipe.seed}
     runinfo.write_json(run_dir / "results.json", results)
     return results
 
@@ -208,7 +209,8 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
             got = []
             for regime in s.regimes:
                 out = fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress)
-                device = out.pop("_module").device
+                device = out["device"]
+                out.pop("_module")
                 got.append({"recipe": name, "similar": sim.similar, "size": size, **out})
                 runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
             rows += got
@@ -219,7 +221,7 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
                           "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch")})
     wall = time.perf_counter() - t0
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
-               "wall_time_s": wall, "device": runinfo.device_info(device or "cpu"),
+               "wall_time_s": wall, "device": device,
                "versions": runinfo.versions(), "seed": first.seed}
     runinfo.write_json(run_dir / "regimes.json", {"runs": rows})
     runinfo.write_json(run_dir / "results.json", results)

@@ -14,7 +14,8 @@ from cnnlab.augment import Pipeline, build_pipeline
 from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule
 from cnnlab.errors import UserError
-from cnnlab.lit import Classifier, build_trainer
+from cnnlab.data.module import per_process_batch
+from cnnlab.lit import PER_CLASS, Classifier, build_trainer
 from cnnlab.models import build_model
 from cnnlab.recipe import Recipe
 
@@ -24,6 +25,12 @@ class Assembled:
     data: ImageDataModule
     module: Classifier
     pipeline: Pipeline | None  # the recipe's augmentation, fitted to the training images
+
+
+def module_args(recipe: Recipe) -> dict[str, Any]:
+    """What a Classifier takes from a recipe (and keeps in its checkpoint)."""
+    return {"optim": recipe.optim, "schedule": recipe.schedule, "seed": recipe.seed,
+            "channels_last": recipe.trainer.channels_last, "hparams": {"recipe": recipe.dump()}}
 
 
 def assemble(recipe: Recipe) -> Assembled:
@@ -36,7 +43,7 @@ def assemble(recipe: Recipe) -> Assembled:
     if pipeline is not None and recipe.augment.where == "loader":
         data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:]))
     device_aug = pipeline if recipe.augment.where == "device" else None
-    module = Classifier(net, recipe, data.num_classes, data.mean, data.std, augment=device_aug)
+    module = Classifier(net, data.num_classes, data.mean, data.std, augment=device_aug, **module_args(recipe))
     return Assembled(data, module, pipeline)
 
 
@@ -47,57 +54,77 @@ def last_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
+# A resumed run continues the recorded one: these keys only say where it runs, not what it computes.
+RESUME_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.strategy", "data.num_workers")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUME_KEYS]
+    if bad:
+        raise UserError(f"--resume continues the run as recorded in its recipe.yaml; --set {bad[0]} would change it "
+                        f"(max_epochs, for one, reshapes the learning-rate schedule): start a new run instead. "
+                        f"On resume --set takes only {', '.join(RESUME_KEYS)}")
+
+
+def epochs_done(ckpt_path: Path) -> int:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]
+
+
+def per_class_acc(tested: dict[str, float], classes: list[str]) -> dict[str, float]:
+    """Per-class test accuracy from trainer.test's results (see Classifier.on_test_epoch_end)."""
+    return {name: float(tested[f"{PER_CLASS}{i}"]) for i, name in enumerate(classes)}
+
+
 def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback] = (),
-        progress: bool = True) -> dict[str, Any]:
-    """Train, test the best checkpoint, write the run folder; returns results.json's content."""
+        progress: bool = True, resume_overrides: list[str] = ()) -> dict[str, Any] | None:
+    """Train, test the best checkpoint, write the run folder; returns results.json's content on
+    global rank 0 (None on the other processes of a data-parallel run, which write nothing)."""
     a = assemble(recipe)
-    earlier: list[dict[str, str]] = []
-    if resume is not None:
-        run_dir, ckpt_path = Path(resume), last_checkpoint(resume)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        done = state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]  # epochs trained
-        earlier = runinfo.read_metrics(run_dir / "metrics.csv", before_epoch=done)
-    else:
-        run_dir, ckpt_path = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "run"), None
-    runinfo.write_recipe(run_dir, recipe.dump())
-    if a.pipeline is not None and a.pipeline.fitted:  # e.g. PCA lighting's eigenpairs, as evidence
-        runinfo.write_json(run_dir / "augment_fit.json", {k: {n: t.tolist() for n, t in v.items()}
-                                                          for k, v in a.pipeline.fitted.items()})
     has_val = len(a.data.val.labels) > 0
-    speed = runinfo.Throughput()
-    trainer = build_trainer(recipe, run_dir, [speed, *callbacks], has_val=has_val, progress=progress)
+    ckpt_path = last_checkpoint(resume) if resume is not None else None
+    folder = runinfo.RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
+    trainer = build_trainer(recipe, folder, [runinfo.Throughput(), *callbacks], has_val=has_val, progress=progress)
+    per_process_batch(recipe.data.batch_size, trainer.world_size)  # before any folder is made
+    if resume is None and runinfo.launch_rank(trainer) == 0:
+        folder.path = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "run")
+        runinfo.write_recipe(folder.path, recipe.dump())  # a resumed run keeps the one it started with
+        if a.pipeline is not None and a.pipeline.fitted:  # e.g. PCA lighting's eigenpairs, as evidence
+            runinfo.write_json(folder.path / "augment_fit.json", {k: {n: t.tolist() for n, t in v.items()}
+                                                                  for k, v in a.pipeline.fitted.items()})
     t0 = time.perf_counter()
     trainer.fit(a.module, datamodule=a.data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
+    fitted = runinfo.perf(trainer)
     best = trainer.checkpoint_callback.best_model_path if has_val else ""
     tested = trainer.test(a.module, datamodule=a.data, ckpt_path=best or None, verbose=False)[0]
-    device = a.module.device
+    if not trainer.is_global_zero:
+        return None
+    run_dir = folder.path
+    metrics = run_dir / "metrics.csv"
     results = {
         "run_dir": str(run_dir),
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
-        "per_class_acc": dict(zip(a.data.test.classes, a.module.test_per_class_acc)),
-        "best_val_acc": _float(trainer.checkpoint_callback.best_model_score),
+        "per_class_acc": per_class_acc(tested, a.data.test.classes),
+        "best_val_acc": runinfo.best_metric(metrics, "val/acc"),
         "checkpoint": best or str(run_dir / "checkpoints" / "last.ckpt"),
-        "epochs": trainer.current_epoch,
+        "epochs": runinfo.epochs_logged(metrics),
         "wall_time_s": wall,
-        "train_images_per_s": speed.images_per_s,
+        **fitted,
+        "global_batch": recipe.data.batch_size,
         "images": {"train": len(a.data.train.labels), "val": len(a.data.val.labels), "test": len(a.data.test.labels)},
         "parameters": sum(p.numel() for p in a.module.net.parameters()),
-        "peak_memory": runinfo.peak_memory_mib(device),
-        "device": runinfo.device_info(device),
+        "device": runinfo.device_info(trainer),
+        "precision": recipe.trainer.precision,
         "versions": runinfo.versions(),
         "seed": recipe.seed,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "resume_overrides": list(resume_overrides) if ckpt_path else None,
     }
-    runinfo.prepend_metrics(run_dir / "metrics.csv", earlier)
     runinfo.write_json(run_dir / "results.json", results)
     if recipe.output.plots:
         from cnnlab.report import plot_curves
 
-        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", recipe.optim.label_smoothing)
+        plot_curves(metrics, run_dir / "curves.png", recipe.optim.label_smoothing)
     return results
-
-
-def _float(x: Any) -> float | None:
-    return float(x) if isinstance(x, (torch.Tensor, float, int)) else None
