@@ -207,7 +207,7 @@ def test_labels_untouched_in_both_modes(real):
     a2 = assemble(r2)
     assert a2.module.augment is None and a2.data.train_transform is not None
     xb, yb = next(iter(a2.data.train_dataloader()))
-    order = list(iter(a2.data.train_dataloader().sampler))[:len(yb)]
+    order = [i for _, i in a2.data.train_dataloader().sampler][:len(yb)]  # (epoch, index): seeded per image
     assert torch.equal(yb, a2.data.train.labels[order])
 
 

@@ -16,24 +16,34 @@ from cnnlab.recipe import DataSpec
 
 class TensorImages(Dataset):
     """uint8 images + labels in memory. `__getitems__` cuts a whole batch with one index op;
-    an optional per-sample `transform` (loader-side augmentation) runs inside the workers."""
+    an optional per-sample `transform` (loader-side augmentation) runs inside the workers. Given
+    `(epoch, index)` items (EpochShuffle with `tag_epoch`), each image's draws are a function of
+    (seed, epoch, index): a resumed run, and any number of processes or workers, draw the same."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None,
+                 seed: int = 0):
+        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        x = self.images[i]
-        return (self.transform(x) if self.transform else x), self.labels[i]
+        return tuple(t[0] for t in self.__getitems__([i]))  # type: ignore[return-value]
 
-    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, idx: list[int] | list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        epoch = None
+        if idx and isinstance(idx[0], tuple):
+            epoch, idx = idx[0][0], [i for _, i in idx]
         index = torch.as_tensor(idx)
         x = self.images.index_select(0, index)  # far faster than x[index] for a batch of images
         if self.transform:
-            x = torch.stack([self.transform(im) for im in x])
+            x = torch.stack([self._draw(im, i, epoch) for im, i in zip(x, idx)])
         return x, self.labels.index_select(0, index)
+
+    def _draw(self, image: Tensor, i: int, epoch: int | None) -> Tensor:
+        if epoch is not None:  # the transforms draw from the global CPU generator
+            torch.default_generator.manual_seed((self.seed * 100_003 + epoch) * len(self) + i)
+        return self.transform(image)
 
 
 def _batch(b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -54,8 +64,8 @@ class EpochShuffle(Sampler[int]):
     `processes` equal slices, so every step trains on the same images whatever the process count.
     Only whole global batches are used when there is more than one. Lightning calls `set_epoch`."""
 
-    def __init__(self, n: int, seed: int, batch_size: int, rank: int = 0, processes: int = 1):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int = 0, processes: int = 1, tag_epoch: bool = False):
+        self.n, self.seed, self.epoch, self.tag_epoch = n, seed, 0, tag_epoch  # tag_epoch: yield (epoch, index)
         self.batch_size, self.rank, self.processes = batch_size, rank, processes  # batch_size: global
         if n < processes:
             raise UserError(f"data: {n} training images cannot be shared by {processes} processes")
@@ -71,7 +81,8 @@ class EpochShuffle(Sampler[int]):
             order = order[: self.n // B * B].view(-1, B)  # (global batches, B)
         else:
             order = order.view(1, -1)  # one smaller batch
-        return iter(order.tensor_split(self.processes, dim=1)[self.rank].flatten().tolist())
+        mine = order.tensor_split(self.processes, dim=1)[self.rank].flatten().tolist()
+        return iter([(self.epoch, i) for i in mine] if self.tag_epoch else mine)
 
     def __len__(self) -> int:
         if self.n > self.batch_size:
@@ -182,11 +193,11 @@ class ImageDataModule(pl.LightningDataModule):
         return self.train.images.shape[-1]
 
     def _loader(self, split: Split, train: bool, transform: Callable | None = None) -> DataLoader:
-        ds = TensorImages(split.images, split.labels, transform)
+        ds = TensorImages(split.images, split.labels, transform, self.seed)
         trainer = self.trainer
         rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch = per_process_batch(self.spec.batch_size, processes)
-        sampler = (EpochShuffle(len(ds), self.seed, self.spec.batch_size, rank, processes) if train
+        sampler = (EpochShuffle(len(ds), self.seed, self.spec.batch_size, rank, processes, tag_epoch=transform is not None) if train
                    else Shard(len(ds), rank, processes))
         w = self.spec.num_workers
         return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=_batch, num_workers=w,
