@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.recipe import OptimSpec, Recipe, ScheduleSpec
+from cnnlab.spec import OptimSpec, ScheduleSpec, Training as Recipe  # any recipe with the training sections
 
 
 def lr_factor(step: int, total: int, steps_per_epoch: int, s: ScheduleSpec) -> float:
