@@ -97,7 +97,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, text: str):
         super().__init__(text)
         self.lines: dict[Path_, int] = {}
-        self.duplicates: list[str] = []
+        self.duplicates: list[tuple[int, str]] = []  # (line, problem)
         self._depth = 0
         self._paths: dict[int, Path_] = {}  # id(mapping node) -> its key path
         self._values = 0
@@ -134,8 +134,11 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         try:
             return super().construct_object(node, deep)
-        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as e:
-            # PyYAML's scalar constructors fail this way on explicit tags and odd dates (!!int abc, 2020-13-45)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:
+            # PyYAML's scalar constructors raise whatever Python does on a bad value under an explicit tag
+            # or an impossible date (!!int abc: ValueError, `!!float ` empty: IndexError, 2020-13-45: ValueError)
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {e}", node.start_mark) from None
 
@@ -151,9 +154,9 @@ class _Loader(yaml.SafeLoader):
                 except TypeError:
                     continue  # an unhashable key: the base class says so
                 if seen is not k:
-                    where = _fmt_path(self._paths.get(id(node), ()) + (key,))
-                    self.duplicates.append(f"{where} (line {k.start_mark.line + 1}): given twice, also on line "
-                                           f"{seen.start_mark.line + 1}; keep one (YAML would silently keep the later)")
+                    where, line = _fmt_path(self._paths.get(id(node), ()) + (key,)), k.start_mark.line + 1
+                    self.duplicates.append((line, f"{where} (line {line}): given twice, also on line "
+                                                  f"{seen.start_mark.line + 1}; keep one (YAML would silently keep the later)"))
         return super().construct_mapping(node, deep)
 
 
@@ -169,7 +172,7 @@ def parse_yaml(text: str) -> tuple[Any, dict[Path_, int], yaml.Node | None]:
     finally:
         loader.dispose()
     if loader.duplicates:
-        raise _Refused(loader.duplicates)
+        raise _Refused([problem for _, problem in sorted(loader.duplicates)])
     return data, loader.lines, node
 
 
@@ -406,7 +409,7 @@ def read(path: str | Path) -> tuple[dict | Any, dict[Path_, int]]:
         raw, lines, node = parse_yaml(text)
     except yaml.YAMLError as e:
         raise RecipeError(source, _yaml_problems(e, text)) from None
-    if node is None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == "" and raw is None):  # or only `---`
         raise RecipeError(source, ["the file is empty (nothing but blanks or comments); a recipe is a mapping "
                                    "of sections, e.g. `optim: {lr: 0.1}` (`{}` for every default)"])
     return raw, lines
