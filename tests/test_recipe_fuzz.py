@@ -1,7 +1,6 @@
 """Fuzzing the recipe loader: whatever file `cnnlab train` is handed, `recipe.load` returns a Recipe or
 raises RecipeError with one-line problems; any other exception (a traceback for the user) fails.
 Every property prints how many examples it ran (`pytest -s`)."""
-import math
 import tempfile
 import typing
 from pathlib import Path
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from cnnlab import recipe as rc
 from cnnlab.augment import OPS
 from cnnlab.models import MODELS
-from cnnlab.spec import PRECISIONS, Spec, TrainerSpec
+from cnnlab.spec import PRECISIONS, Spec
 
 EXAMPLES = 300  # per property: about 12 s of calls on 2 busy cores, plus the imports
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
