@@ -51,7 +51,7 @@ def train(
             raise UserError(f"--resume: {resume} is not a run folder (no recipe.yaml)")
     if recipe is None:
         raise UserError("missing RECIPE: cnnlab train recipes/fashion_mnist.yaml")
-    r = rc.load(recipe, set_ or [])
+    r = rc.load(recipe, set_ or [], preflight=not print_recipe)
     if resume is not None:
         r.output.name = Path(resume).name
     if print_recipe:
@@ -97,29 +97,15 @@ def augment(
 ) -> None:
     """Preview the recipe's augmentation (augment_grid.png), benchmark it, and ablate it."""
     from cnnlab import recipe as rc
-    from cnnlab import report, runinfo
+    from cnnlab import report
+    from cnnlab.runinfo import quiet_lightning
+
+    r = rc.load(recipe, set_ or [], preflight=True)
+    quiet_lightning()
     from cnnlab.tasks import augment as task
 
-    r = rc.load(recipe, set_ or [])
-    runinfo.quiet_lightning()
-    data, pipe = task.prepare(r)  # loads the data: a bad root fails here, before any folder exists
-    g = task.grid(r, data, pipe, rows=rows)
-    b = task.bench(r, data, pipe, batch_size=batch_size) if bench else None
-    run_dir = runinfo.new_run_dir(r.output.dir, f"{r.output.name or 'run'}-augment")
-    runinfo.write_recipe(run_dir, r.dump())
-    report.plot_grid(g, run_dir / "augment_grid.png")
-    report.console.print(f"wrote {run_dir / 'augment_grid.png'} ({len(g.labels)} images x {len(g.columns)} columns: "
-                         f"{', '.join(g.columns)})", highlight=False)
-    results: dict = {"run_dir": str(run_dir), "grid": str(run_dir / "augment_grid.png")}
-    if b is not None:
-        results["bench"] = b
-        report.bench_table(b)
-    if ablate:
-        results["ablation"] = a = task.ablate(r, run_dir / "ablation", seeds=seeds)
-        report.ablation_table(a)
-        report.plot_ablation(a, run_dir / "ablation.png")
-        report.console.print(f"wrote {run_dir / 'ablation.png'}", highlight=False)
-    runinfo.write_json(run_dir / "results.json", results)
+    report.augment_summary(task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
+                                    ablate_seeds=seeds if ablate else None))
 
 
 @app.command()
@@ -135,7 +121,7 @@ def finetune(
     from cnnlab import report
 
     over = list(set_ or []) + ([f"finetune.regime={regime}"] if regime else [])
-    loaded = [(Path(p).stem, rc.load(p, over)) for p in recipes]
+    loaded = [(Path(p).stem, rc.load(p, over, preflight=True)) for p in recipes]
     if len(loaded) > 1 and not sweep:
         raise UserError("several recipes make one table: add --sweep, or give one recipe")
     from cnnlab.runinfo import quiet_lightning

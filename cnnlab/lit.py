@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.runinfo import MetricsCSV, RunFolder
-from cnnlab.recipe import OptimSpec, Recipe, ScheduleSpec
+from cnnlab.spec import OptimSpec, ScheduleSpec, Training as Recipe  # any recipe with the training sections
 
 PER_CLASS = "test/acc_class_"  # + class index: per-class test accuracy in trainer.test's results
 
@@ -177,7 +177,7 @@ def build_trainer(recipe: Recipe, run: Path | RunFolder, callbacks: list[pl.Call
     if progress:
         cbs.append(RichProgressBar(leave=False))
     return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         max_epochs=t.max_epochs, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if has_val else 0,
         log_every_n_steps=t.log_every_n_steps, callbacks=cbs, enable_progress_bar=progress,

@@ -1,25 +1,34 @@
-"""Recipes: YAML -> typed specs, validated up front, every problem reported at once.
+"""Recipes: YAML -> typed sections, validated up front, every problem reported at once.
 
-Keys are exactly the parameters of what they feed: `optim: {name: sgd, lr: 0.2}` -> `OptimSpec`,
-`model: {name: vgg-small, widths: [32, 64]}` -> `vgg_small(widths=...)`. Registered builders are
-checked against their own signatures, so a misspelled keyword is an error, never silently ignored.
+A recipe is one field per section, and each section belongs to the feature it feeds
+(`data:` -> cnnlab/data/spec.py, `model:` -> cnnlab/models/spec.py, ...): keys are exactly the
+parameters of what they feed, and a section that feeds registered builders names them, so a
+misspelled keyword is an error, never silently ignored. This module only composes the sections,
+reads YAML (lines of every key, duplicate keys refused), applies --set overrides and turns every
+problem into `key.path (line N): message`. Machine checks (a CUDA device, a writable output
+folder) run only when the command about to run asks for them (`preflight=True`).
 """
 from __future__ import annotations
 
 import copy
 import functools
-import inspect
+import reprlib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
+from cnnlab.augment.spec import AugmentSpec
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
-from cnnlab.registry import Registry, did_you_mean
+from cnnlab.models.spec import ModelSpec
+from cnnlab.registry import did_you_mean
+from cnnlab.spec import OptimSpec, OutputSpec, ScheduleSpec, Spec, TrainerSpec
+from cnnlab.transfer.spec import FinetuneSpec
 
-Path_ = tuple[str | int, ...]
+Path_ = tuple[Any, ...]  # a key path from the top: ("optim", "lr"), ("augment", "ops", 0, "p")
 
 
 class RecipeError(UserError):
@@ -33,165 +42,6 @@ class RecipeError(UserError):
         super().__init__(head + "\n" + "\n".join(f"  {p}" for p in problems))
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataSpec(Spec):
-    """Where the images come from and how the splits are cut."""
-
-    source: str = "fashion-mnist"  # a data source name: fashion-mnist, digits, imagefolder, cifar10
-    root: str | None = None  # folder holding the files; None = the source's default location
-    classes: list[int] | None = None  # keep only these class ids, relabelled 0..k-1 in this order
-    subset: int | None = Field(None, ge=1)  # training images per class (seeded draw); None = all
-    test_subset: int | None = Field(None, ge=1)  # test images per class; None = all
-    val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of training images held out
-    image_size: int | None = Field(None, ge=4)  # resize to this square size (px); None = native
-    batch_size: int = Field(256, ge=1)  # images per step, per device
-    num_workers: int = Field(0, ge=0)  # DataLoader workers (0: in-memory batches, fastest here)
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        from cnnlab.data.sources import SOURCES
-
-        return _known(SOURCES, v)
-
-
-class ModelSpec(BaseModel):
-    """`name` picks a registered model; every other key is that builder's keyword argument."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = "vgg-small"
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        from cnnlab.models import MODELS
-
-        return _known(MODELS, v)
-
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class AugmentSpec(Spec):
-    """Training-time augmentation: a list of ops, each `{name: op, <op parameters>}`."""
-
-    where: Literal["device", "loader"] = "device"  # device: batched on the training device
-    ops: list[dict[str, Any]] = []
-
-
-class OptimSpec(Spec):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)  # peak learning rate
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    nesterov: bool = True  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw only
-    weight_decay: float = Field(5e-4, ge=0)  # applied to conv/linear weights, not to norms or biases
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy target smoothing
-
-
-class ScheduleSpec(Spec):
-    """Learning rate as a fraction of `optim.lr`, stepped every batch."""
-
-    name: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
-    warmup_epochs: float = Field(0.0, ge=0)  # linear ramp from 0 to the peak (epochs, fractional ok)
-    final_frac: float = Field(0.0, ge=0, le=1)  # onecycle/cosine: end lr as a fraction of the peak
-    step_epochs: int = Field(10, ge=1)  # step: multiply by gamma every this many epochs
-    gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
-
-
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
-CUDA_ONLY_PRECISIONS = ("16-mixed", "16-true")
-
-
-class TrainerSpec(Spec):
-    """Arguments of `pytorch_lightning.Trainer`, under the same names (plus `channels_last`)."""
-
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = "auto"  # devices per node; >1 uses the strategy below
-    strategy: str = "auto"  # a Lightning strategy name: auto, ddp, ddp_spawn, fsdp, ...
-    precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
-    max_epochs: int = Field(3, ge=1)
-    gradient_clip_val: float | None = Field(None, gt=0)  # clip the global grad norm to this
-    deterministic: bool = False  # deterministic kernels (resumed runs then match exactly)
-    limit_train_batches: float | int = Field(1.0, gt=0)  # fraction (float) or count (int) per epoch
-    limit_val_batches: float | int = Field(1.0, ge=0)
-    log_every_n_steps: int = Field(20, ge=1)
-    channels_last: bool = True  # NHWC memory format for images and conv weights (faster oneDNN/cuDNN kernels)
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        from pytorch_lightning.strategies import StrategyRegistry
-
-        choices = ["auto", *sorted(StrategyRegistry.available_strategies())]
-        if v not in choices:
-            raise ValueError(
-                f"'{v}' is not a Lightning strategy{did_you_mean(v, choices)}; choose from "
-                + ", ".join(choices)
-            )
-        return v
-
-
-class OutputSpec(Spec):
-    dir: str = "runs"  # run folders go to <dir>/<name>-<timestamp>/
-    name: str | None = None  # None = the recipe file's name
-    plots: bool = True  # write curves.png
-
-
-class SweepSpec(Spec):
-    """`cnnlab finetune --sweep`: every regime at every size, for the lecture's little/lots columns."""
-
-    sizes: list[Annotated[int, Field(ge=1)] | Literal["all"]] = [10, 200]  # training images per class (data.subset), ascending; all = every image
-    max_epochs: list[Annotated[int, Field(ge=1)]] = [30, 6]  # trainer.max_epochs at each size
-    regimes: list[str] = ["linear", "top", "stages", "full", "scratch"]  # what each size runs
-
-    @field_validator("regimes")
-    @classmethod
-    def _known_regimes(cls, v: list[str]) -> list[str]:
-        from cnnlab.transfer import REGIMES
-
-        return [_known(REGIMES, r) for r in v]
-
-
-class FinetuneSpec(Spec):
-    """Transfer learning: a pretrained backbone, a fresh linear head, and what to freeze."""
-
-    backbone: str = "efficientnet-lite0"  # efficientnet-lite0 | cnnlab | torchvision:<name>
-    weights: str | None = None  # weights file (cnnlab: run folder or .ckpt); None = the backbone's default
-    regime: str = "auto"  # linear | top | stages | full | scratch | auto (see cnnlab/transfer/regimes.py)
-    top_k: int = Field(1, ge=1)  # top: how many of the last stages train
-    stages: list[int] | None = None  # stages: which stage taps the head reads (negative = from the end); None = all
-    freeze_epochs: int = Field(0, ge=0)  # top/full: epochs that train the head alone before the stages join
-    backbone_lr_mult: float = Field(0.1, gt=0)  # top/full: the top trained stage's lr, as a fraction of optim.lr
-    layer_decay: float = Field(1.0, gt=0, le=1)  # top/full: each stage lower trains this much slower again
-    similar: bool | None = None  # auto: is the data like the backbone's? None = measure it (linear probe per stage)
-    similar_tolerance: float = Field(0.0, ge=0, le=1)  # auto: similar if the top stage's probe is this close to the best
-    probe_per_class: int = Field(50, ge=2)  # auto: training images per class the stage probes see (at most)
-    lots_from: int = Field(100, ge=1)  # auto: training images per class from which the data counts as 'lots'
-    cache_dir: str | None = ".cache/features"  # frozen-backbone features (linear, stages); None = no cache
-    sweep: SweepSpec = SweepSpec()
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        from cnnlab.transfer import BACKBONES
-
-        return _known(BACKBONES, v)
-
-    @field_validator("regime")
-    @classmethod
-    def _known_regime(cls, v: str) -> str:
-        from cnnlab.transfer import REGIMES
-
-        choices = [*REGIMES, "auto"]
-        if v not in choices:
-            raise ValueError(f"'{v}' is not a fine-tuning regime{did_you_mean(v, choices)}; choose from {', '.join(choices)}")
-        return v
-
-
 class Recipe(Spec):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -201,71 +51,164 @@ class Recipe(Spec):
     trainer: TrainerSpec = TrainerSpec()
     output: OutputSpec = OutputSpec()
     finetune: FinetuneSpec | None = None  # only `cnnlab finetune` reads it
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's (and so Lightning's) seed range
 
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what `recipe.yaml` in a run folder holds)."""
         return self.model_dump(mode="json")
 
 
-def _known(registry: Registry, name: str) -> str:
-    try:
-        registry.get(name)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    return name
-
-
-# --------------------------------------------------------------------------- builder kwargs
-
-
 @functools.lru_cache(maxsize=None)
-def signature_model(fn: Callable, skip: frozenset[str]) -> type[BaseModel]:
-    """A pydantic model of `fn`'s keyword parameters (minus `skip`), so recipe keys are checked
-    against the function they feed: types, constraints (`Annotated[int, Field(ge=0)]`), names."""
-    hints = typing.get_type_hints(fn, include_extras=True)
-    fields: dict[str, Any] = {}
-    for p in inspect.signature(fn).parameters.values():
-        if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        default = ... if p.default is p.empty else p.default
-        fields[p.name] = (hints.get(p.name, Any), default)
-    return create_model(
-        f"{fn.__name__}_kwargs", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
-    )
+def _sections() -> dict[str, tuple[type[Spec], bool]]:
+    """Section name -> (spec class, always present: absent means its defaults, not 'none')."""
+    out = {}
+    for name, field in Recipe.model_fields.items():
+        spec = next((a for a in (field.annotation, *typing.get_args(field.annotation))
+                     if isinstance(a, type) and issubclass(a, Spec)), None)
+        if spec is not None:
+            out[name] = (spec, field.default is not None)
+    return out
 
 
-def check_kwargs(fn: Callable, kwargs: dict[str, Any], skip: frozenset[str]) -> dict[str, Any]:
-    """Validated keyword arguments for `fn`; raises pydantic's ValidationError."""
-    model = signature_model(fn, skip)
-    return dict(model.model_validate(kwargs))
+# --------------------------------------------------------------------------- YAML
+
+MAX_DEPTH = 32  # nesting levels (aliases expanded); a recipe needs four
+MAX_VALUES = 100_000  # keys and values (aliases expanded); a recipe has a few hundred
 
 
-# --------------------------------------------------------------------------- loading
+class _Refused(yaml.YAMLError):
+    """Valid YAML that no recipe could be (too deep, too large, a key given twice), as problems."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
-def _line_map(node: yaml.Node, prefix: Path_ = ()) -> dict[Path_, int]:
-    """Key path -> 1-based YAML line of that key (or sequence item)."""
-    lines: dict[Path_, int] = {prefix: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            path = prefix + (k.value,)
-            lines.update(_line_map(v, path))
-            lines[path] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            lines.update(_line_map(v, prefix + (i,)))
-    return lines
+def _refuse(node_or_mark: Any, why: str) -> _Refused:
+    mark = getattr(node_or_mark, "start_mark", node_or_mark)
+    return _Refused([f"line {mark.line + 1}: {why}"])
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load` that also keeps the line of every key path, refuses a key given twice in one
+    mapping (YAML would silently keep the later one), and bounds depth and size, so that no file
+    can make loading recurse without end or expand a few lines of aliases into billions of values."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.lines: dict[Path_, int] = {}
+        self.duplicates: list[tuple[int, str]] = []  # (line, problem)
+        self._depth = 0
+        self._paths: dict[int, Path_] = {}  # id(mapping node) -> its key path
+        self._values = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _refuse(self.peek_event(), f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def map_lines(self, node: yaml.Node, path: Path_ = ()) -> None:
+        """Key path -> 1-based line of that key (or sequence item), aliases followed."""
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise _refuse(node, f"more than {MAX_VALUES:,} values (aliases expanded)")
+        if len(path) > MAX_DEPTH:
+            raise _refuse(node, f"nested more than {MAX_DEPTH} levels deep (aliases expanded)")
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self._paths.setdefault(id(node), path)
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    self.map_lines(v, path + (k.value,))
+                    self.lines[path + (k.value,)] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self.map_lines(v, path + (i,))
+
+    def construct_object(self, node, deep=False):
+        if not isinstance(node, yaml.ScalarNode):
+            return super().construct_object(node, deep)
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:
+            # PyYAML's scalar constructors raise whatever Python does on a bad value under an explicit tag
+            # or an impossible date (!!int abc: ValueError, `!!float ` empty: IndexError, 2020-13-45: ValueError)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {e}", node.start_mark) from None
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for k, _ in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of its own is YAML's override, not a repeat
+                key = self.construct_object(k, deep=True)
+                try:
+                    seen = first.setdefault(key, k)
+                except TypeError:
+                    continue  # an unhashable key: the base class says so
+                if seen is not k:
+                    where, line = _fmt_path(self._paths.get(id(node), ()) + (key,)), k.start_mark.line + 1
+                    self.duplicates.append((line, f"{where} (line {line}): given twice, also on line "
+                                                  f"{seen.start_mark.line + 1}; keep one (YAML would silently keep the later)"))
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> tuple[Any, dict[Path_, int], yaml.Node | None]:
+    """(data, key path -> line, root node or None for an empty document). Raises yaml.YAMLError."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}, None
+        loader.map_lines(node)
+        data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise _Refused([problem for _, problem in sorted(loader.duplicates)])
+    return data, loader.lines, node
+
+
+def _yaml_problems(e: yaml.YAMLError, text: str) -> list[str]:
+    if isinstance(e, _Refused):
+        return e.problems
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        at = f"line {mark.line + 1}: "
+    elif isinstance(getattr(e, "position", None), int):  # a ReaderError: a character YAML does not allow
+        at = f"line {text[:e.position].count(chr(10)) + 1}: "
+    else:
+        at = ""
+    why = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return [f"{at}not valid YAML: {why}"]
+
+
+# --------------------------------------------------------------------------- problems
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlevel = 60, 60, 3
+
+
+def _show(value: Any) -> str:
+    """repr, cut short: a value in a message is one line, however large it is."""
+    return _short.repr(value)
 
 
 def _present(raw: Any, loc: Path_) -> Path_:
     """The longest prefix of `loc` that exists in the raw data (drops pydantic's union tags)."""
-    out: list[str | int] = []
+    out: list[Any] = []
     cur = raw
     for part in loc:
-        if isinstance(cur, dict) and part in cur:
+        if isinstance(cur, dict) and _has(cur, part):
             cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
             cur = cur[part]
         else:
             if isinstance(cur, dict) and isinstance(part, str) and not out[-1:] == [part]:
@@ -275,8 +218,16 @@ def _present(raw: Any, loc: Path_) -> Path_:
     return tuple(out)
 
 
+def _has(d: dict, key: Any) -> bool:
+    try:
+        return key in d
+    except TypeError:
+        return False
+
+
 def _fmt_path(path: Path_) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
+    parts = [str(p) if len(str(p)) <= 40 else str(p)[:37] + "..." for p in path]
+    return ".".join(parts).replace("\n", "\\n") or "<top level>"
 
 
 def _describe(err: dict, allowed_keys: list[str]) -> str:
@@ -286,13 +237,13 @@ def _describe(err: dict, allowed_keys: list[str]) -> str:
         return f"unknown key{did_you_mean(key, allowed_keys)}; allowed: {', '.join(allowed_keys)}"
     if kind == "literal_error":
         choices = [c.strip(" '") for c in ctx.get("expected", "").replace(" or ", ", ").split(",")]
-        return f"{value!r} is not allowed{did_you_mean(str(value), choices)}; choose from {', '.join(choices)}"
+        return f"{_show(value)} is not allowed{did_you_mean(str(value), choices)}; choose from {', '.join(choices)}"
     if kind == "missing":
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if kind.startswith(("value_error", "assertion_error")):
         return msg
-    return f"{msg[0].lower()}{msg[1:]}, got {value!r}"
+    return f"{msg[0].lower()}{msg[1:]}, got {_show(value)}"
 
 
 def _fields_at(model: type[BaseModel], loc: Path_) -> list[str]:
@@ -307,67 +258,68 @@ def _fields_at(model: type[BaseModel], loc: Path_) -> list[str]:
     return list(getattr(cur, "model_fields", {}))
 
 
-def _problems(err: ValidationError, raw: dict, root: type[BaseModel]) -> dict[Path_, list[str]]:
-    found: dict[Path_, list[str]] = {}
+def _add(found: dict[Path_, list[str]], path: Path_, msg: str) -> None:
+    if msg not in found.setdefault(path, []):
+        found[path].append(msg)
+
+
+def _schema_problems(err: ValidationError, raw: dict, root: type[BaseModel], found: dict[Path_, list[str]]) -> None:
     for e in err.errors():
-        path = _present(raw, tuple(e["loc"]))
-        msg = _describe(e, _fields_at(root, tuple(e["loc"])))
-        if msg not in found.setdefault(path, []):
-            found[path].append(msg)
-    return found
+        _add(found, _present(raw, tuple(e["loc"])), _describe(e, _fields_at(root, tuple(e["loc"]))))
 
 
-def _kwarg_problems(raw: dict) -> dict[Path_, list[str]]:
-    """Check `model:` and `augment.ops[i]` keys against the registered builders' signatures."""
-    from cnnlab.augment import OPS, op_skip
-    from cnnlab.models import MODELS, MODEL_SKIP
-
-    found: dict[Path_, list[str]] = {}
-    calls: list[tuple[Path_, Registry, Callable[[Callable], frozenset[str]], Any]] = []
-    model = raw.get("model")
-    if isinstance(model, dict):
-        calls.append((("model",), MODELS, lambda fn: MODEL_SKIP, model))
-    ops = (raw.get("augment") or {}).get("ops") if isinstance(raw.get("augment"), dict) else None
-    if isinstance(ops, list):
-        for i, op in enumerate(ops):
-            if not isinstance(op, dict) or "name" not in op:
-                found[("augment", "ops", i)] = ["each op must be a mapping with a 'name' key, e.g. {name: hflip}"]
-                continue
-            calls.append((("augment", "ops", i), OPS, op_skip, op))
-    for path, registry, skip_of, d in calls:
-        try:
-            fn = registry.get(d.get("name", "vgg-small"))
-        except (KeyError, TypeError) as e:
-            if path[0] != "model":  # the model name is already reported by ModelSpec
-                found.setdefault(path + ("name",), []).append(str(e.args[0]))
+def _builder_problems(raw: dict, found: dict[Path_, list[str]]) -> None:
+    """Keys that feed registered builders (model:, augment.ops), against each builder's signature."""
+    for name, (spec, _) in _sections().items():
+        section = raw.get(name)
+        if not isinstance(section, dict):
             continue
-        skip = skip_of(fn)
-        kwargs = {k: v for k, v in d.items() if k != "name"}
+        for loc, registry, part_name, kwargs in spec.builder_calls(section):
+            path = (name, *loc)
+            try:
+                part = registry.get(part_name)
+            except KeyError as e:
+                if not found.get(path + ("name",)):  # a section's own name check may have said so already
+                    _add(found, path + ("name",), str(e.args[0]))
+                continue
+            try:
+                registry.check_kwargs(part, kwargs)
+            except ValidationError as err:
+                allowed = sorted(registry.signature(part).model_fields)
+                for e in err.errors():
+                    _add(found, _present(raw, path + tuple(e["loc"])), _describe(e, allowed))
+
+
+def _section_checks(raw: dict, preflight: bool, found: dict[Path_, list[str]]) -> None:
+    """Each section that validates on its own adds its cross checks (and its pre-flight checks of
+    this machine), so they are reported alongside every other problem."""
+    for name, (spec, always) in _sections().items():
+        section = raw.get(name)
+        if section is None and not always:
+            continue
         try:
-            check_kwargs(fn, kwargs, skip)
-        except ValidationError as err:
-            allowed = sorted(signature_model(fn, skip).model_fields)
-            for e in err.errors():
-                loc = path + tuple(e["loc"])
-                found.setdefault(_present(raw, loc), []).append(_describe(e, allowed))
-    return found
+            s = spec.model_validate(section or {})
+        except ValidationError:
+            continue  # reported already
+        for loc, msg in s.cross_checks() + (s.preflight() if preflight else []):
+            _add(found, (name, *loc), msg)
 
 
-def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None) -> Recipe:
-    """Raw mapping -> Recipe, or RecipeError listing every problem (key path, line, message)."""
+def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None, preflight: bool = False) -> Recipe:
+    """Raw mapping -> Recipe, or RecipeError listing every problem (key path, line, message).
+    `preflight`: also check that this machine can run it (for the command about to run)."""
     lines = lines or {}
     if not isinstance(raw, dict):
-        raise RecipeError(source, [f"<top level>: a recipe is a mapping of sections, got {type(raw).__name__}"])
+        got = "null" if raw is None else type(raw).__name__
+        raise RecipeError(source, [f"<top level>: a recipe is a mapping of sections, got {got}"])
     found: dict[Path_, list[str]] = {}
     recipe = None
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        found.update(_problems(err, raw, Recipe))
-    for path, msgs in _kwarg_problems(raw).items():
-        found.setdefault(path, []).extend(m for m in msgs if m not in found.get(path, []))
-    for path, msg in _cross_checks(raw):
-        found.setdefault(path, []).append(msg)
+        _schema_problems(err, raw, Recipe, found)
+    _builder_problems(raw, found)
+    _section_checks(raw, preflight, found)
     if found:
         problems = []
         for path, msgs in sorted(found.items(), key=lambda kv: _line_key(_line_of(kv[0], lines))):
@@ -381,8 +333,11 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None) -> Re
 def _line_of(path: Path_, lines: dict[Path_, Any]) -> Any:
     """The line of `path`, or of its nearest ancestor that has one (e.g. a whole list set by --set)."""
     for n in range(len(path), 0, -1):
-        if path[:n] in lines:
-            return lines[path[:n]]
+        try:
+            if path[:n] in lines:
+                return lines[path[:n]]
+        except TypeError:  # an unhashable part: no line of its own
+            continue
     return None
 
 
@@ -390,50 +345,7 @@ def _line_key(line: Any) -> tuple[int, int]:
     return (0, line) if isinstance(line, int) else (1, 0)
 
 
-def _section(raw: dict, name: str, spec: type[Spec]) -> Any:
-    """One section validated on its own (None if it has problems, which are reported already)."""
-    try:
-        return spec.model_validate(raw.get(name) or {})
-    except ValidationError:
-        return None
-
-
-def _cross_checks(raw: dict) -> list[tuple[Path_, str]]:
-    """Combinations each valid alone but not together, on this machine; per valid section, so they
-    are reported alongside any other problem."""
-    import torch
-
-    out: list[tuple[Path_, str]] = []
-    t = _section(raw, "trainer", TrainerSpec)
-    if t is not None:
-        has_cuda = torch.cuda.is_available()
-        if t.accelerator in ("gpu", "cuda") and not has_cuda:
-            out.append((("trainer", "accelerator"),
-                        f"'{t.accelerator}' needs a CUDA device and none is visible; use cpu or auto"))
-        on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not has_cuda
-                                            and not torch.backends.mps.is_available())
-        if on_cpu and t.precision in CUDA_ONLY_PRECISIONS:
-            ok = [p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS]
-            out.append((("trainer", "precision"),
-                        f"'{t.precision}' needs a CUDA device; on cpu choose from {', '.join(ok)}"))
-    d = _section(raw, "data", DataSpec)
-    if d is not None:
-        if d.source == "imagefolder" and d.image_size is None:
-            out.append((("data", "image_size"), "imagefolder needs an image_size (images are resized to a square)"))
-        if d.classes is not None and len(set(d.classes)) != len(d.classes):
-            out.append((("data", "classes"), f"class ids must be distinct, got {d.classes}"))
-    f = _section(raw, "finetune", FinetuneSpec) if isinstance(raw.get("finetune"), dict) else None
-    if f is not None:
-        s = f.sweep
-        if len(s.sizes) != len(s.max_epochs):
-            out.append((("finetune", "sweep", "max_epochs"),
-                        f"one entry per size: {len(s.sizes)} sizes {s.sizes}, {len(s.max_epochs)} epochs {s.max_epochs}"))
-        counts = [float("inf") if n == "all" else n for n in s.sizes]
-        if counts != sorted(set(counts)):
-            out.append((("finetune", "sweep", "sizes"), f"must be distinct and ascending, got {s.sizes}"))
-        if f.backbone == "cnnlab" and f.weights is None:
-            out.append((("finetune", "weights"), "backbone cnnlab needs a run folder or checkpoint of `cnnlab train`"))
-    return out
+# --------------------------------------------------------------------------- loading
 
 
 def apply_overrides(raw: dict, overrides: list[str], lines: dict[Path_, int]) -> list[str]:
@@ -445,7 +357,10 @@ def apply_overrides(raw: dict, overrides: list[str], lines: dict[Path_, int]) ->
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = parse_yaml(text)[0] if text.strip() else None
+        except _Refused as e:
+            problems += [f"--set {key}: {p}" for p in e.problems]
+            continue
         except yaml.YAMLError:
             value = text
         parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
@@ -474,8 +389,37 @@ def apply_overrides(raw: dict, overrides: list[str], lines: dict[Path_, int]) ->
     return problems
 
 
-def load(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Recipe:
-    """Read a recipe file (or start from `base`), apply overrides, validate. Raises RecipeError."""
+def read(path: str | Path) -> tuple[dict | Any, dict[Path_, int]]:
+    """A recipe file's data and key lines. Raises RecipeError for a file that is missing, unreadable,
+    not UTF-8, not YAML, empty, or one no recipe could be (a key given twice, absurdly deep or large)."""
+    source, p = str(path), Path(path)
+    try:
+        if not p.is_file():
+            raise RecipeError(source, [f"recipe file not found: {p}"])
+        data = p.read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise RecipeError(source, [f"cannot read {p}: {getattr(e, 'strerror', None) or e}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise RecipeError(source, [f"line {line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                                   "save the recipe as UTF-8"]) from None
+    try:
+        raw, lines, node = parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(source, _yaml_problems(e, text)) from None
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == "" and raw is None):  # or only `---`
+        raise RecipeError(source, ["the file is empty (nothing but blanks or comments); a recipe is a mapping "
+                                   "of sections, e.g. `optim: {lr: 0.1}` (`{}` for every default)"])
+    return raw, lines
+
+
+def load(path: str | Path | None, overrides: list[str] = (), base: dict | None = None,
+         preflight: bool = False) -> Recipe:
+    """Read a recipe file (or start from `base`), apply overrides, validate. Raises RecipeError.
+    `preflight`: also check this machine can run it (CUDA, precision, output folder); for the
+    command about to run, never for a recipe only printed or read back."""
     source = str(path) if path is not None else "--set overrides"
     lines: dict[Path_, int] = {}
     if base is not None:
@@ -483,25 +427,12 @@ def load(path: str | Path | None, overrides: list[str] = (), base: dict | None =
     elif path is None:
         raw = {}
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(source, [f"recipe file not found: {p}"])
-        text = p.read_text()
-        try:
-            node = yaml.compose(text)
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f"line {mark.line + 1}: " if mark else ""
-            raise RecipeError(source, [f"{at}not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
-        raw = {} if raw is None else raw
-        if node is not None:
-            lines = _line_map(node)
+        raw, lines = read(path)
     if isinstance(raw, dict):
         problems = apply_overrides(raw, list(overrides), lines)
         if problems:
             raise RecipeError(source, problems)
-    recipe = validate(raw, source, lines)
+    recipe = validate(raw, source, lines, preflight=preflight)
     if recipe.output.name is None and path is not None:
         recipe.output.name = Path(path).stem
     return recipe

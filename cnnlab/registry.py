@@ -1,8 +1,14 @@
-"""Registries of named parts: `MODELS.get("vgg-small")`, with did-you-mean on unknown names."""
+"""Registries of named parts: `MODELS.get("vgg-small")`, with did-you-mean on unknown names, and
+recipe keyword arguments checked against the registered part's own signature."""
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+from pydantic import BaseModel, ConfigDict, create_model
 
 T = TypeVar("T")
 
@@ -13,11 +19,32 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class Registry(Generic[T]):
-    """A name -> part table. Prefixed names ("torchvision:resnet18") go to a registered resolver."""
+@functools.lru_cache(maxsize=None)
+def signature_model(fn: Callable, skip: frozenset[str]) -> type[BaseModel]:
+    """A pydantic model of `fn`'s keyword parameters (minus `skip`), so recipe keys are checked
+    against the function they feed: types, constraints (`Annotated[int, Field(ge=0)]`), names.
+    Non-finite floats are refused, as in every recipe section."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+    return create_model(f"{fn.__name__}_kwargs", __config__=config, **fields)
 
-    def __init__(self, kind: str):
+
+class Registry(Generic[T]):
+    """A name -> part table. Prefixed names ("torchvision:resnet18") go to a registered resolver.
+
+    `supplied` names the parameters the caller fills in itself, never a recipe (a model's
+    in_channels and num_classes come from the data): a set, or a function of the part when parts
+    add their own (an augmentation op's fitted parameters)."""
+
+    def __init__(self, kind: str, supplied: Iterable[str] | Callable[[T], Iterable[str]] = ()):
         self.kind = kind
+        self._supplied = supplied
         self._parts: dict[str, T] = {}
         self._prefixes: dict[str, Callable[[str], T]] = {}
 
@@ -49,6 +76,19 @@ class Registry(Generic[T]):
             f"'{name}' is not {'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind}{did_you_mean(name, sorted(self._parts))}; "
             f"choose from {', '.join(self.names())}"
         )
+
+    def supplied_by_caller(self, part: T) -> frozenset[str]:
+        s = self._supplied
+        return frozenset(s(part) if callable(s) else s)
+
+    def signature(self, part: T) -> type[BaseModel]:
+        """The recipe-settable keyword parameters of `part`, as a pydantic model."""
+        return signature_model(part, self.supplied_by_caller(part))
+
+    def check_kwargs(self, part: T, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Recipe keyword arguments for `part`, validated against its signature (raises pydantic's
+        ValidationError: unknown names, wrong types, broken constraints)."""
+        return dict(self.signature(part).model_validate(kwargs))
 
     def __contains__(self, name: str) -> bool:
         try:

@@ -132,6 +132,17 @@ def bench_table(b: dict[str, Any]) -> None:
     console.print(t)
 
 
+def augment_summary(r: dict[str, Any]) -> None:
+    """`cnnlab augment`: what the grid shows, then the bench and ablation tables when they ran."""
+    console.print(f"wrote {r['grid']} ({r['grid_rows']} images x {len(r['grid_columns'])} columns: "
+                  f"{', '.join(r['grid_columns'])})", highlight=False)
+    if "bench" in r:
+        bench_table(r["bench"])
+    if "ablation" in r:
+        ablation_table(r["ablation"])
+        console.print(f"wrote {r['ablation_plot']}", highlight=False)
+
+
 def ablation_table(a: dict[str, Any]) -> None:
     seeds = a["seeds"]
     t = Table(title=f"augmentation ablation: test accuracy at an equal budget ({a['epochs']} epochs, "

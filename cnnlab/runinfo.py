@@ -33,13 +33,19 @@ def quiet_lightning() -> None:
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty. Call it on global rank 0 only."""
+    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty (on global rank 0 only); a folder that
+    cannot be made is a user error naming output.dir."""
+    from cnnlab.errors import UserError
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out_dir) / f"{name}-{stamp}"
     path, k = base, 1
     while path.exists():
         path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"output.dir: cannot make the run folder {path}: {e.strerror or e}") from None
     return path
 
 

@@ -5,7 +5,7 @@ from torchvision.io import write_png
 from cnnlab.data import ImageDataModule, SOURCES
 from cnnlab.data.module import EpochShuffle, channel_stats, per_class, stratified_split
 from cnnlab.errors import UserError
-from cnnlab.recipe import DataSpec
+from cnnlab.data.spec import DataSpec
 
 
 def test_fashion_mnist_real_files():

@@ -68,7 +68,7 @@ def test_evaluation_shards_count_every_image_once():
 
 def test_step_seeds_include_the_rank():
     from cnnlab.lit import Classifier
-    from cnnlab.recipe import OptimSpec, ScheduleSpec
+    from cnnlab.spec import OptimSpec, ScheduleSpec
 
     m = Classifier(torch.nn.Flatten(), 2, torch.zeros(1), torch.ones(1), optim=OptimSpec(), schedule=ScheduleSpec(), seed=5)
     seeds = {}

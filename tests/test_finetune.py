@@ -10,7 +10,7 @@ from torch import nn
 from cnnlab import recipe as rc
 from cnnlab.errors import UserError
 from cnnlab.lit import build_optimizer
-from cnnlab.recipe import FinetuneSpec
+from cnnlab.transfer.spec import FinetuneSpec
 from cnnlab.tasks import finetune as ft
 from cnnlab.tasks import train as train_task
 from cnnlab.transfer import BACKBONES, REGIMES, TransferNet, choose_regime

@@ -5,7 +5,7 @@ from torch import nn
 from cnnlab.errors import UserError
 from cnnlab.lit import build_optimizer, lr_factor
 from cnnlab.models import MODELS, build_model
-from cnnlab.recipe import OptimSpec, ScheduleSpec
+from cnnlab.spec import OptimSpec, ScheduleSpec
 
 CASES = [(name, {}) for name in MODELS] + [("torchvision:resnet18", {}), ("torchvision:mobilenet_v3_small", {})]
 

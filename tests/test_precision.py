@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from cnnlab import recipe as rc
-from cnnlab.recipe import CUDA_ONLY_PRECISIONS, PRECISIONS
+from cnnlab.spec import PRECISIONS, TrainerSpec
 from cnnlab.tasks import evaluate
 from cnnlab.tasks import train as train_task
 from conftest import RECIPES
 
-HERE = [p for p in PRECISIONS if torch.cuda.is_available() or p not in CUDA_ONLY_PRECISIONS]
+HERE = [p for p in PRECISIONS if not TrainerSpec(precision=p).preflight()]  # what this machine accepts
 WEIGHTS = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}  # else float32
 
 

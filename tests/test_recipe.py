@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,161 @@ def test_override_of_a_whole_list_names_set_not_the_files_line(tmp_path):
     text = "finetune:\n  sweep: {sizes: [10, 100], max_epochs: [1, 2]}\n"
     [p] = problems(tmp_path, text, ["finetune.sweep.sizes=[10, lots]"])
     assert p.startswith("finetune.sweep.sizes.1 (--set)"), p
+
+
+def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
+    ps = problems(tmp_path, "seed: 1\noptim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.5\nseed: 2\n"
+                            "augment:\n  ops:\n    - {name: hflip, p: 0.5, p: 0.9}\n")
+    assert ps == ["optim.lr (line 5): given twice, also on line 3; keep one (YAML would silently keep the later)",
+                  "seed (line 6): given twice, also on line 1; keep one (YAML would silently keep the later)",
+                  "augment.ops.0.p (line 9): given twice, also on line 9; keep one (YAML would silently keep the later)"]
+
+
+def test_a_merge_key_overridden_is_not_a_repeat(tmp_path):
+    r = rc.load(write(tmp_path / "r.yaml", "optim:\n  <<: {lr: 0.1, momentum: 0.8}\n  lr: 0.2\n"))
+    assert (r.optim.lr, r.optim.momentum) == (0.2, 0.8)
+
+
+@pytest.mark.parametrize("text", ["", "\n   \n", "# a comment\n  # another\n", "---\n"])
+def test_an_empty_recipe_is_an_error(tmp_path, text):
+    [p] = problems(tmp_path, text)
+    assert p.startswith("the file is empty"), p
+
+
+def test_explicit_empty_mapping_means_every_default(tmp_path):
+    r = rc.load(write(tmp_path / "r.yaml", "{}\n"))
+    assert r.output.name == "r" and r.model_copy(update={"output": rc.Recipe().output}) == rc.Recipe()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("optim: {lr: !!float abc}\n", "line 1: not valid YAML: cannot read 'abc' as float"),
+    ("seed: 2020-13-45\n", "line 1: not valid YAML: cannot read '2020-13-45' as timestamp"),
+    ("seed: !!int\n", "line 1: not valid YAML: cannot read '' as int"),
+    ("seed: 1\x00\n", "line 1: not valid YAML: unacceptable character #x0000"),
+])
+def test_scalars_yaml_cannot_read_are_recipe_errors(tmp_path, text, message):
+    [p] = problems(tmp_path, text)
+    assert p.startswith(message), p
+
+
+def test_non_utf8_recipe_names_line_and_byte(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes("optim:\n  name: sgd  # é\n".encode("latin-1"))
+    with pytest.raises(rc.RecipeError) as e:
+        rc.load(path)
+    assert e.value.problems == ["line 2: not UTF-8 text (byte 0xe9 at offset 22); save the recipe as UTF-8"]
+
+
+def test_output_name_is_a_folder_name(tmp_path):
+    [p] = problems(tmp_path, "output:\n  name: ../../elsewhere\n")
+    assert p == "output.name (line 2): a folder name (no '/'), got '../../elsewhere'"
+
+
+# --------------------------------------------------------------------------- pre-flight: this machine
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without CUDA or MPS, whatever it has."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("trainer,problem", [
+    ({"accelerator": "cuda"}, "trainer.accelerator: 'cuda' needs a CUDA device and none is visible; use cpu or auto"),
+    ({"accelerator": "gpu", "precision": "16-mixed"}, "trainer.accelerator: 'gpu' needs a CUDA device and none is visible; use cpu or auto"),
+    ({"precision": "16-mixed"}, "trainer.precision: '16-mixed' needs a CUDA device; on cpu choose from 32-true, bf16-mixed, bf16-true, 64-true"),
+    ({"precision": "16-true"}, "trainer.precision: '16-true' needs a CUDA device; on cpu choose from 32-true, bf16-mixed, bf16-true, 64-true"),
+])
+def test_machine_checks_are_a_preflight_not_validation(no_gpu, trainer, problem):
+    raw = {"trainer": trainer}
+    assert rc.validate(raw, "a GPU run's recipe").trainer.accelerator == trainer.get("accelerator", "auto")
+    with pytest.raises(rc.RecipeError) as e:
+        rc.validate(raw, "x", preflight=True)
+    assert e.value.problems == [problem]
+
+
+def test_preflight_problems_come_with_the_recipes_own_and_its_lines(no_gpu, tmp_path):
+    path = write(tmp_path / "r.yaml", "optim:\n  lr: 0\ntrainer:\n  accelerator: cuda\n")
+    with pytest.raises(rc.RecipeError) as e:
+        rc.load(path, preflight=True)
+    assert e.value.problems == ["optim.lr (line 2): input should be greater than 0, got 0",
+                                "trainer.accelerator (line 4): 'cuda' needs a CUDA device and none is visible; use cpu or auto"]
+    assert rc.load(path, ["optim.lr=0.1"]).trainer.accelerator == "cuda"  # no pre-flight: a valid recipe
+
+
+def test_train_refuses_a_cuda_recipe_on_a_machine_without_before_writing(no_gpu, cli):
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", f"output.dir={cli.runs}", "--set", "trainer.accelerator=cuda")
+    assert res.exit_code == 2 and "trainer.accelerator (--set): 'cuda' needs a CUDA device" in " ".join(res.output.split())
+    assert not cli.runs.exists()
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", "trainer.accelerator=cuda", "--print-recipe")
+    assert res.exit_code == 0 and "accelerator: cuda" in res.output
+
+
+@pytest.mark.parametrize("command", [["augment", "augment_fmnist.yaml", "--ablate"], ["finetune", "transfer_similar.yaml"],
+                                     ["finetune", "transfer_similar.yaml", "transfer_different.yaml", "--sweep"]])
+def test_every_command_that_runs_checks_the_machine_first(no_gpu, cli, command):
+    name, *rest = command
+    args = [str(RECIPES / a) if a.endswith(".yaml") else a for a in rest]
+    res = cli(name, *args, "--set", f"output.dir={cli.runs}", "--set", "trainer.precision=16-mixed")
+    assert res.exit_code == 2, res.output
+    assert "trainer.precision (--set): '16-mixed' needs a CUDA device; on cpu choose from" in " ".join(res.output.split())
+    assert not cli.runs.exists()
+
+
+def test_output_folder_under_a_file_is_refused_before_any_work(cli, tmp_path):
+    blocker = write(tmp_path / "file", "not a folder\n")
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", f"output.dir={blocker}/runs")
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"output.dir (--set): cannot make run folders in {blocker}/runs: {blocker} is a file, not a folder" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "file"] and list(cli.cwd.iterdir()) == []
+    assert blocker.read_text() == "not a folder\n"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder this process cannot write in: a chmod 500 one, or (root writes anywhere) /proc/1."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        yield ro
+        ro.chmod(0o700)
+    elif Path("/proc/1").is_dir() and not os.access("/proc/1", os.W_OK):
+        yield Path("/proc/1")
+    else:
+        pytest.skip("no read-only folder for root here")
+
+
+def test_output_folder_in_a_read_only_place_is_refused(read_only):
+    with pytest.raises(rc.RecipeError) as e:
+        rc.load(None, [f"output.dir={read_only}/runs"], preflight=True)
+    assert e.value.problems == [f"output.dir (--set): cannot make run folders in {read_only}/runs: {read_only} is not writable"]
+
+
+def test_a_run_folder_that_cannot_be_made_is_a_user_error_naming_output_dir(tmp_path):
+    from cnnlab.errors import UserError
+    from cnnlab.runinfo import new_run_dir
+
+    blocker = write(tmp_path / "file", "")
+    with pytest.raises(UserError, match=r"^output.dir: cannot make the run folder .*/file/runs/x-\d{8}-\d{6}: Not a directory$"):
+        new_run_dir(blocker / "runs", "x")
+
+
+def test_a_checkpoint_trained_on_cuda_is_a_backbone_on_any_machine(no_gpu, tmp_path):
+    """Its recipe says cuda and 16-mixed; only its data and model sections matter for reusing the net."""
+    import torch
+
+    from cnnlab.models import build_model
+    from cnnlab.transfer import BACKBONES
+
+    recipe = rc.load(RECIPES / "smoke.yaml", ["trainer.accelerator=cuda", "trainer.precision=16-mixed"]).dump()
+    net = build_model(recipe["model"]["name"], 1, 10, **{k: v for k, v in recipe["model"].items() if k != "name"})
+    sd = {f"net.{k}": v for k, v in net.state_dict().items()} | {"mean": torch.full((1,), 0.3), "std": torch.full((1,), 0.2)}
+    torch.save({"hyper_parameters": {"recipe": recipe, "num_classes": 10}, "state_dict": sd}, tmp_path / "gpu.ckpt")
+    bb = BACKBONES.get("cnnlab")(str(tmp_path / "gpu.ckpt"))
+    assert bb.mean == pytest.approx([0.3]) and bb.std == pytest.approx([0.2])
+    assert all(torch.equal(a, b) for a, b in zip(bb.stages.state_dict().values(), net.stages.state_dict().values()))

@@ -12,26 +12,20 @@ from torch import Tensor
 
 from cnnlab.registry import Registry
 
-OPS: Registry[Callable[..., Tensor]] = Registry("augmentation op")
-OP_SKIP = frozenset({"x", "g"})  # supplied by the pipeline, not by the recipe
-
-
-def op_skip(fn: Callable) -> frozenset[str]:
-    """Parameters of `fn` that recipes do not set."""
-    return OP_SKIP | frozenset(getattr(fn, "fitted", ()))
+# the batch, the generator and the fitted parameters come from the pipeline, never from a recipe
+OPS: Registry[Callable[..., Tensor]] = Registry("augmentation op",
+                                                supplied=lambda fn: {"x", "g", *getattr(fn, "fitted", ())})
 
 
 class Pipeline:
     """The recipe's `augment.ops`, resolved: one call per batch, draws from an explicit generator."""
 
     def __init__(self, ops: list[dict[str, Any]], train_images: Tensor | None = None):
-        from cnnlab.recipe import check_kwargs
-
         self.steps: list[tuple[str, Callable[..., Tensor], dict[str, Any]]] = []
         self.fitted: dict[str, dict[str, Tensor]] = {}
         for i, op in enumerate(ops):
             fn = OPS.get(op["name"])
-            kwargs = check_kwargs(fn, {k: v for k, v in op.items() if k != "name"}, op_skip(fn))
+            kwargs = OPS.check_kwargs(fn, {k: v for k, v in op.items() if k != "name"})
             if hasattr(fn, "fit"):
                 if train_images is None:
                     raise ValueError(f"augment op '{op['name']}' is fitted to the training images; pass them")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.sources import SOURCES, Split, resize
 from cnnlab.errors import UserError
-from cnnlab.recipe import DataSpec
+from cnnlab.data.spec import DataSpec
 
 
 class TensorImages(Dataset):

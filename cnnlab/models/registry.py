@@ -6,13 +6,11 @@ from torch import nn
 
 from cnnlab.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-MODEL_SKIP = frozenset({"in_channels", "num_classes"})  # filled in from the data, not the recipe
+# in_channels and num_classes come from the data, never from a recipe
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", supplied={"in_channels", "num_classes"})
 
 
 def build_model(name: str, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a registered model; recipe kwargs are validated against the builder's signature."""
-    from cnnlab.recipe import check_kwargs
-
     fn = MODELS.get(name)
-    return fn(in_channels=in_channels, num_classes=num_classes, **check_kwargs(fn, kwargs, MODEL_SKIP))
+    return fn(in_channels=in_channels, num_classes=num_classes, **MODELS.check_kwargs(fn, kwargs))

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cnnlab import runinfo
 from cnnlab.augment import Pipeline, build_pipeline
 from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule
@@ -157,3 +158,27 @@ def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True)
         row["gain_vs_none"] = statistics.mean(a - b for a, b in zip(row["test_accs"], none))
     return {"variants": rows, "epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset,
             "seeds": seed_list}
+
+
+def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, ablate_seeds: int | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """The grid (always), the throughput bench (with a batch size) and the ablation (with a number of
+    seeds), written to one run folder: augment_grid.png, ablation.png, results.json (returned)."""
+    from cnnlab.report import plot_ablation, plot_grid
+
+    data, pipe = prepare(recipe)  # loads the data: a bad root fails here, before any folder exists
+    g = grid(recipe, data, pipe, rows=rows)
+    b = bench(recipe, data, pipe, batch_size=bench_batch_size) if bench_batch_size else None
+    run_dir = runinfo.new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-augment")
+    runinfo.write_recipe(run_dir, recipe.dump())
+    plot_grid(g, run_dir / "augment_grid.png")
+    results: dict[str, Any] = {"run_dir": str(run_dir), "grid": str(run_dir / "augment_grid.png"),
+                               "grid_columns": g.columns, "grid_rows": len(g.labels)}
+    if b is not None:
+        results["bench"] = b
+    if ablate_seeds:
+        results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress)
+        plot_ablation(a, run_dir / "ablation.png")
+        results["ablation_plot"] = str(run_dir / "ablation.png")
+    runinfo.write_json(run_dir / "results.json", results)
+    return results

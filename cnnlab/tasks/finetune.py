@@ -18,12 +18,13 @@ from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
+from cnnlab.recipe import Recipe
 from cnnlab.tasks.train import module_args, per_class_acc
-from cnnlab.recipe import FinetuneSpec, Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
 from cnnlab.transfer.regimes import zero_head
 from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
+from cnnlab.transfer.spec import FinetuneSpec
 
 
 @dataclass

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
+from cnnlab.models.spec import ModelSpec
 from cnnlab.models.tv import load_state_dict_file
 from cnnlab.registry import Registry, did_you_mean
 
@@ -133,6 +136,20 @@ def efficientnet_lite0(weights: str | None = None, pretrained: bool = True) -> B
 # --------------------------------------------------------------------------- cnnlab checkpoints
 
 
+class NetSections(BaseModel):
+    """The sections of a `cnnlab train` recipe that rebuild its net. A checkpoint's recipe is read
+    through these alone: where it was trained (a CUDA device, a precision) does not matter here."""
+
+    model_config = ConfigDict(extra="ignore")
+    data: DataSpec
+    model: ModelSpec
+
+
+def _first(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+
+
 def checkpoint_path(weights: str | Path) -> Path:
     """A run folder (its checkpoints/best.ckpt, else last.ckpt) or a .ckpt file."""
     from cnnlab.runinfo import find_checkpoint
@@ -144,8 +161,7 @@ def checkpoint_path(weights: str | Path) -> Path:
 def cnnlab_checkpoint(weights: str | None = None, pretrained: bool = True) -> Backbone:
     """The stages of a net trained by `cnnlab train` (vgg-small, resnet-small): `weights` is its run
     folder or checkpoint. Normalisation and architecture come from the checkpoint itself."""
-    from cnnlab.models import build_model
-    from cnnlab.recipe import RecipeError, validate
+    from cnnlab.models import MODELS, build_model
 
     if weights is None:
         raise UserError("finetune.weights: backbone cnnlab needs a run folder or checkpoint of `cnnlab train`")
@@ -156,9 +172,13 @@ def cnnlab_checkpoint(weights: str | None = None, pretrained: bool = True) -> Ba
     except Exception as e:
         raise UserError(f"finetune.weights: {path} is not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
     try:
-        recipe = validate(raw, f"{path} (embedded recipe)")
-    except RecipeError as e:
-        raise UserError(f"finetune.weights: {path}: its recipe no longer validates: {e.problems[0]}") from None
+        recipe = NetSections.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"finetune.weights: {path}: its recipe no longer validates: {_first(e)}") from None
+    try:
+        MODELS.check_kwargs(MODELS.get(recipe.model.name), recipe.model.kwargs())
+    except ValidationError as e:
+        raise UserError(f"finetune.weights: {path}: its recipe no longer validates: model.{_first(e)}") from None
     mean, std = sd["mean"].flatten(), sd["std"].flatten()
     net = build_model(recipe.model.name, len(mean), num_classes, **recipe.model.kwargs())
     if not isinstance(getattr(net, "stages", None), nn.ModuleList):

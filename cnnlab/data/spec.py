@@ -1,0 +1,34 @@
+"""The `data:` section of a recipe."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from cnnlab.data.sources import SOURCES
+from cnnlab.spec import Problem, Spec, known
+
+
+class DataSpec(Spec):
+    """Where the images come from and how the splits are cut."""
+
+    source: str = "fashion-mnist"  # a data source name: fashion-mnist, digits, imagefolder, cifar10
+    root: str | None = None  # folder holding the files; None = the source's default location
+    classes: list[int] | None = None  # keep only these class ids, relabelled 0..k-1 in this order
+    subset: int | None = Field(None, ge=1)  # training images per class (seeded draw); None = all
+    test_subset: int | None = Field(None, ge=1)  # test images per class; None = all
+    val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of training images held out
+    image_size: int | None = Field(None, ge=4)  # resize to this square size (px); None = native
+    batch_size: int = Field(256, ge=1)  # images per step, per device
+    num_workers: int = Field(0, ge=0)  # DataLoader workers (0: in-memory batches, fastest here)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        return known(SOURCES, v)
+
+    def cross_checks(self) -> list[Problem]:
+        out: list[Problem] = []
+        if self.source == "imagefolder" and self.image_size is None:
+            out.append((("image_size",), "imagefolder needs an image_size (images are resized to a square)"))
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            out.append((("classes",), f"class ids must be distinct, got {self.classes}"))
+        return out
