@@ -79,3 +79,24 @@ def test_step_seeds_include_the_rank():
         finally:
             del type(m).global_rank
     assert seeds[0] != seeds[1] and seeds[0] == 5 * 1_000_003  # rank 0 draws as a single process does
+
+
+def test_two_nodes_started_by_torchrun_write_one_run(tmp_path):
+    """Two 'nodes' of one process each on this machine, started the way a cluster starts them: the
+    second node's process has LOCAL_RANK 0 too, and must still leave the folder to global rank 0."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for o in [f"output.dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy=ddp",
+                        "trainer.max_epochs=1", "output.plots=false"] for a in ("--set", o)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(n), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "cnnlab", "train", SMOKE, *sets], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    [run] = list(tmp_path.iterdir())
+    r = json.loads((run / "results.json").read_text())
+    assert r["device"]["processes"] == 2 and "test accuracy" in outs[0] and "test accuracy" not in outs[1]
