@@ -165,7 +165,9 @@ def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, abla
     """The grid (always), the throughput bench (with a batch size) and the ablation (with a number of
     seeds), written to one run folder: augment_grid.png, ablation.png, results.json (returned)."""
     from cnnlab.report import plot_ablation, plot_grid
+    from cnnlab.tasks.train import require_one_process
 
+    require_one_process(recipe, "augment")
     data, pipe = prepare(recipe)  # loads the data: a bad root fails here, before any folder exists
     g = grid(recipe, data, pipe, rows=rows)
     b = bench(recipe, data, pipe, batch_size=bench_batch_size) if bench_batch_size else None

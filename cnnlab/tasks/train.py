@@ -47,6 +47,16 @@ def assemble(recipe: Recipe) -> Assembled:
     return Assembled(data, module, pipeline)
 
 
+def require_one_process(recipe: Recipe, command: str) -> None:
+    """Commands that make several runs (sweeps, ablations) run in one process; data-parallel runs
+    are `cnnlab train`'s (each of their processes would make its own folders)."""
+    t = recipe.trainer
+    if t.strategy != "auto" or t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1):
+        raise UserError(f"trainer: `cnnlab {command}` runs in one process (devices 1 or auto, strategy auto, num_nodes 1); "
+                        f"got devices {t.devices}, strategy {t.strategy}, num_nodes {t.num_nodes}. "
+                        "Data-parallel training is `cnnlab train`'s")
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
