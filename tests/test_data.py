@@ -104,3 +104,32 @@ def test_batches_are_uint8_and_whole():
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+
+
+def _setup(seed=1, **spec) -> ImageDataModule:
+    dm = ImageDataModule(DataSpec(source="digits", **spec), seed=seed)
+    dm.setup()
+    return dm
+
+
+def test_each_seeded_draw_has_its_own_generator():
+    """The training subset, the test subset and the validation hold-out are drawn independently:
+    choosing a test subset leaves the training data alone, and the other way round."""
+    base = dict(classes=[0, 1, 2, 3], subset=30, test_subset=None, val_split=0.2)
+    a = _setup(**base)
+    some_test = _setup(**{**base, "test_subset": 8})
+    assert torch.equal(a.train.images, some_test.train.images) and torch.equal(a.val.images, some_test.val.images)
+    assert len(some_test.test.labels) == 32 < len(a.test.labels)
+    all_train = _setup(**{**base, "subset": None, "test_subset": 8})
+    assert torch.equal(some_test.test.images, all_train.test.images)
+    assert len(all_train.train.labels) > len(a.train.labels)
+    assert not torch.equal(_setup(seed=2, **base).train.images, a.train.images)
+
+
+def test_val_split_of_the_whole_training_split_is_drawn_by_the_seed_itself():
+    """Without subsets the hold-out is a stratified draw from torch.Generator().manual_seed(seed), as
+    always: runs on the full data keep their splits (and their numbers)."""
+    dm = _setup(seed=5, val_split=0.1)
+    full = SOURCES.get("digits")(None, "train")
+    tr, va = stratified_split(full.labels, 0.1, torch.Generator().manual_seed(5))
+    assert torch.equal(dm.val.images, full.images[va]) and torch.equal(dm.train.labels, full.labels[tr])

@@ -1,6 +1,7 @@
 """The LightningDataModule: whole splits held as uint8 tensors, batches cut by index."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +57,16 @@ class EpochShuffle(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+def purpose_generator(seed: int, purpose: str) -> torch.Generator:
+    """A generator of its own for each seeded draw ('train-subset', 'test-subset', 'val'), so that
+    changing one draw (a test subset, say) never moves another (the training images). 'val' is
+    seeded with `seed` itself: the hold-out of runs on whole splits is the one it always was."""
+    if purpose == "val":
+        return torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def per_class(labels: Tensor, count: int | None, g: torch.Generator) -> Tensor:
@@ -114,12 +125,11 @@ class ImageDataModule(pl.LightningDataModule):
         s = self.spec
         load = SOURCES.get(s.source)
         root = Path(s.root) if s.root else None
-        g = torch.Generator().manual_seed(self.seed)
         full = select_classes(load(root, "train"), s.classes)
         test = select_classes(load(root, "test"), s.classes)
-        full = _take(full, per_class(full.labels, s.subset, g))
-        test = _take(test, per_class(test.labels, s.test_subset, g))
-        tr, va = stratified_split(full.labels, s.val_split, g)
+        full = _take(full, per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
+        test = _take(test, per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
+        tr, va = stratified_split(full.labels, s.val_split, purpose_generator(self.seed, "val"))
         self.train, self.val = _take(full, tr), _take(full, va)
         self.test = test
         for split in (self.train, self.val, self.test):
