@@ -49,6 +49,7 @@ class DataSpec(Spec):
     image_size: int | None = Field(None, ge=4)  # resize to this square size (px); None = native
     batch_size: int = Field(256, ge=1)  # images per step, per device
     num_workers: int = Field(0, ge=0)  # DataLoader workers (0: in-memory batches, fastest here)
+    bad_images: Literal["error", "skip"] = "error"  # imagefolder: an unreadable image file stops the run, or is left out and listed
 
     @field_validator("source")
     @classmethod

@@ -104,6 +104,19 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
     return Split(split.images[keep], remap[split.labels[keep]], [split.classes[c] for c in classes])
 
 
+def unreadable(*splits: Split, policy: str) -> list[dict[str, str]]:
+    """The image files the splits left out as unreadable, as {file, reason}; with policy 'error'
+    (data.bad_images) the first of them is a UserError. A file listed by both splits (one folder cut
+    into train and test) counts once."""
+    found = dict(sorted({f: why for s in splits for f, why in s.skipped}.items()))
+    if found and policy == "error":
+        f, why = next(iter(found.items()))
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UserError(f"data.root: cannot read {f}: {why}{more}; fix or remove it, or set data.bad_images: skip "
+                        "to leave unreadable images out")
+    return [{"file": f, "reason": why} for f, why in found.items()]
+
+
 def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std: of uint8 images in [0, 1] units, of float data as it is."""
     x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
@@ -118,6 +131,7 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         self.spec, self.seed, self.train_transform = spec, seed, train_transform
         self.train: Split | None = None
+        self.skipped: list[dict[str, str]] = []  # image files left out as unreadable (data.bad_images: skip)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -125,8 +139,9 @@ class ImageDataModule(pl.LightningDataModule):
         s = self.spec
         load = SOURCES.get(s.source)
         root = Path(s.root) if s.root else None
-        full = select_classes(load(root, "train"), s.classes)
-        test = select_classes(load(root, "test"), s.classes)
+        full, test = load(root, "train"), load(root, "test")
+        self.skipped = unreadable(full, test, policy=s.bad_images)
+        full, test = select_classes(full, s.classes), select_classes(test, s.classes)
         full = _take(full, per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
         test = _take(test, per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
         tr, va = stratified_split(full.labels, s.val_split, purpose_generator(self.seed, "val"))
