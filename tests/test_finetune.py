@@ -235,6 +235,47 @@ def test_torchvision_backbone_from_local_file_or_clear_error(tmp_path, monkeypat
         BACKBONES.get("torchvision:resnet18")(None, True)
 
 
+TV_REPRESENTATIVES = ["resnet18", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "mobilenet_v2", "mobilenet_v3_small",
+                      "efficientnet_b0", "efficientnet_v2_s", "convnext_tiny", "mnasnet0_5", "regnet_y_400mf"]
+
+
+def test_every_admitted_torchvision_family_has_a_representative_here():
+    from cnnlab.transfer.backbones import TV_TRUNKS, tv_family
+
+    assert sorted(tv_family(n) for n in TV_REPRESENTATIVES) == sorted(TV_TRUNKS)
+
+
+@pytest.mark.parametrize("name", TV_REPRESENTATIVES)
+def test_torchvision_backbone_cut_into_real_stages_that_halve_and_train(name):
+    """4-5 stages, each with weights, each halving the resolution; a forward and backward through
+    TransferNet reaches every parameter (random init, 32 px, batch 2)."""
+    torch.manual_seed(0)
+    bb = BACKBONES.get(f"torchvision:{name}")(None, False)
+    assert 4 <= len(bb.stages) <= 5 and all(sum(p.numel() for p in s.parameters()) > 0 for s in bb.stages)
+    net = TransferNet(bb, 3, (len(bb.stages) - 1,), zero_init=False).train()
+    shapes = []
+    for s in net.stages:
+        s.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    assert [c for c, _, _ in shapes] == bb.channels
+    sides = [h for _, h, _ in shapes]
+    assert sides[0] in (16, 8) and all(b == a // 2 for a, b in zip(sides, sides[1:])), sides
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no finite gradient for {missing[:5]}"
+    assert all(any(p.grad.abs().sum() > 0 for p in s.parameters()) for s in net.stages)
+
+
+@pytest.mark.parametrize("name,why", [("densenet121", "has no stage table"), ("alexnet", "has no stage table"),
+                                      ("resnet181", "is not a torchvision classifier")])
+def test_torchvision_families_without_a_stage_table_are_refused_by_name(name, why):
+    with pytest.raises(rc.RecipeError) as e:
+        rc.validate({"finetune": {"backbone": f"torchvision:{name}"}}, "test")
+    msg = str(e.value)
+    assert f"'torchvision:{name}' {why}" in msg and "admitted families: resnet, resnext, wide_resnet, vgg" in msg
+
+
 # --------------------------------------------------------------------------- feature cache
 
 
