@@ -89,6 +89,18 @@ def test_stages_regime_reads_chosen_taps_counting_from_the_end():
     assert tap_slices([2, 3, 4, 5, 6], plan.taps).tolist() == [2, 3, 4, 14, 15, 16, 17, 18, 19]
 
 
+@pytest.mark.parametrize("stages,message", [
+    ("[3]", "finetune.stages: 3 is out of range; backbone cnnlab has 3 stages: 0..2, or -3..-1 from the end"),
+    ("[0, -4]", "finetune.stages: -4 is out of range; backbone cnnlab has 3 stages: 0..2"),
+    ("[1, -2]", "finetune.stages: [1, -2] names stage 1 twice"),
+    ("[2, 2]", "finetune.stages (--set): each stage at most once, got [2, 2]"),
+])
+def test_stage_indices_out_of_range_or_repeated_are_refused_before_training(cli, tmp_path, source_run, stages, message):
+    res = cli("finetune", finetune_yaml(tmp_path, source_run), "--regime", "stages", "--set", f"finetune.stages={stages}")
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_frozen_batchnorm_is_bit_identical_after_real_training(source_run, tmp_path):
     """`top` trains stage 2 only; through a real Trainer (train, validate, train again), stages 0-1's
     weights and BN running statistics do not move, stage 2's do."""

@@ -20,7 +20,7 @@ from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
 from cnnlab.recipe import FinetuneSpec, Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
-from cnnlab.transfer.regimes import zero_head
+from cnnlab.transfer.regimes import stage_taps, zero_head
 from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
 
@@ -40,7 +40,9 @@ def load_source(recipe: Recipe) -> Source:
     if spec is None:
         raise UserError("the recipe has no finetune: section (see recipes/transfer_similar.yaml)")
     make = partial(BACKBONES.get(spec.backbone), spec.weights)
-    return Source(spec, make(True), make)
+    backbone = make(True)
+    stage_taps(spec.stages, len(backbone.stages), f"backbone {spec.backbone}")  # fails here, before any data or training
+    return Source(spec, backbone, make)
 
 
 def load_data(recipe: Recipe, source: Source) -> ImageDataModule:
