@@ -137,6 +137,56 @@ def test_freeze_epochs_train_the_head_alone_first(source_run, tmp_path):
     assert out["trainable_params"] == sum(p.numel() for p in out["_module"].net.parameters())
 
 
+class FirstBatch(pl.Callback):
+    """The first training batch as the net sees it: after loader transforms, device augmentation and
+    normalisation."""
+
+    def __init__(self):
+        self.x = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.x is None:
+            self.x = batch[0].detach().clone()
+
+
+def _first_batch(recipe, source, run_dir):
+    data = ft.load_data(recipe, source)
+    seen = FirstBatch()
+    out = ft.fit_regime(recipe, source, data, "top", run_dir, progress=False, callbacks=[seen])
+    return seen.x, out, data
+
+
+@pytest.mark.parametrize("where", ["device", "loader"])
+def test_finetune_augments_where_the_recipe_says(where, source_run, tmp_path):
+    """hflip with p=1: the first batch is the un-augmented one mirrored, in either mode."""
+    r = tiny_recipe(source_run, tmp_path)
+    r.trainer.max_epochs, r.trainer.limit_train_batches = 1, 1
+    source = ft.load_source(r)
+    plain, _, _ = _first_batch(r, source, tmp_path / "plain")
+    flip = r.model_copy(deep=True)
+    flip.augment = rc.AugmentSpec(where=where, ops=[{"name": "hflip", "p": 1.0}])
+    x, out, data = _first_batch(flip, source, tmp_path / "flip")
+    assert not torch.equal(plain, plain.flip(-1)) and torch.equal(x, plain.flip(-1))
+    assert (data.train_transform is not None) == (where == "loader")
+    assert (out["_module"].augment is not None) == (where == "device")
+
+
+@pytest.mark.parametrize("where", ["device", "loader"])
+def test_finetune_fits_pca_jitter_to_the_training_images(where, source_run, tmp_path):
+    from cnnlab.augment import OPS
+
+    r = tiny_recipe(source_run, tmp_path)
+    r.trainer.max_epochs, r.trainer.limit_train_batches = 1, 1
+    source = ft.load_source(r)
+    plain, _, _ = _first_batch(r, source, tmp_path / "plain")
+    lit = r.model_copy(deep=True)
+    lit.augment = rc.AugmentSpec(where=where, ops=[{"name": "pca_jitter", "alpha_std": 0.5}])
+    x, out, data = _first_batch(lit, source, tmp_path / "pca")
+    expected = OPS.get("pca_jitter").fit(data.train.images)
+    assert out["augment_fit"]["0:pca_jitter"]["eigvals"] == pytest.approx(expected["eigvals"].tolist())
+    assert x.shape == plain.shape and not torch.equal(x, plain)
+
+
 # --------------------------------------------------------------------------- auto
 
 

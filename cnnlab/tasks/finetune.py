@@ -14,6 +14,7 @@ from torch import nn
 
 from cnnlab import runinfo
 from cnnlab.augment import build_pipeline
+from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
 from cnnlab.errors import UserError
@@ -98,7 +99,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     k = data.num_classes
     use_cache = plan.cached and spec.cache_dir is not None and not recipe.augment.ops
-    cache_hit = None
+    cache_hit, pipeline = None, None
     t0 = time.perf_counter()
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
@@ -117,7 +118,10 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
         net.set_frozen(plan.frozen)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
-        augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None
+        pipeline = build_pipeline(recipe.augment.ops, data.train.images)  # as `cnnlab train`: fitted to the training images
+        loader = pipeline is not None and recipe.augment.where == "loader"
+        data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:])) if loader else None
+        augment = pipeline if recipe.augment.where == "device" else None
         module = Classifier(net, recipe, k, mean, std, augment=augment, lr_scale=plan.lr_scale)
         fit_data = data
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -146,6 +150,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "pretrained": plan.pretrained,
         "trainable_params": trainable,
         "peak_lr": {f"group {i}": g.get("initial_lr", g["lr"]) for i, g in enumerate(groups)},
+        "augment_fit": {k: {n: t.tolist() for n, t in v.items()} for k, v in pipeline.fitted.items()} if pipeline else None,
         "features_cached": use_cache,
         "cache_hit": cache_hit,
         "features_s": extract_s,
