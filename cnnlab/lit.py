@@ -52,10 +52,11 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module, recipe: Recipe, num_classes: int, mean: Tensor, std: Tensor,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                 lr_scale: dict[str, float] | None = None):
+                 lr_scale: dict[str, float] | None = None, hparams: dict | None = None):
         super().__init__()
         self.net, self.recipe, self.augment, self.lr_scale = net, recipe, augment, lr_scale
-        self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes}, logger=False)
+        # `hparams`: whatever else rebuilding `net` from the checkpoint needs (e.g. a fine-tune's regime)
+        self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes, **(hparams or {})}, logger=False)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -1,6 +1,7 @@
 """Transfer learning: what each regime freezes, frozen BatchNorm through a real Trainer, the feature
 cache, stage taps, `auto`, the CLI end to end on a tiny backbone trained here, and weight errors."""
 import json
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -423,6 +424,41 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
     grid = json.loads((run / "results.json").read_text())["grid"]
     assert [c["auto"] for c in grid] == [("linear" if c["similar"] else "stages") for c in grid]
     assert all(c["best"] in ("linear", "top") and len(c["probes"]) == 3 for c in grid)
+    for row in rows:  # every sub-run folder evaluates to what the sweep measured
+        sub = Path(row["checkpoint"]).parents[1]
+        assert sub == run / f"{row['size']}-per-class" / row["regime"]
+        assert cli("eval", str(sub)).exit_code == 0
+        assert json.loads((sub / "eval.json").read_text())["test_acc"] == pytest.approx(row["test_acc"])
+
+
+@pytest.mark.parametrize("regime,extra", [("linear", []), ("stages", ["--set", "finetune.stages=[-1, 0]"]), ("top", []),
+                                          ("full", []), ("scratch", [])])
+def test_eval_of_a_finetune_run_reproduces_its_test_results(cli, tmp_path, source_run, regime, extra):
+    """The checkpoint says what network it holds: a head on cached features goes back onto the
+    backbone named in the recipe, with the backbone's normalisation; the other regimes hold it all."""
+    res = cli("finetune", finetune_yaml(tmp_path, source_run), "--regime", regime, *extra)
+    assert res.exit_code == 0, res.output
+    [run] = list((tmp_path / "runs").iterdir())
+    r = json.loads((run / "results.json").read_text())
+    assert r["features_cached"] == (regime in ("linear", "stages"))
+    ev = cli("eval", str(run))
+    assert ev.exit_code == 0, ev.output
+    e = json.loads((run / "eval.json").read_text())
+    assert e["images"] == r["images"]["test"] == 30 and e["test_acc"] == pytest.approx(r["test_acc"])
+    assert e["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
+    assert e["per_class_acc"] == pytest.approx(r["per_class_acc"])
+
+
+def test_eval_of_a_cached_head_refuses_a_changed_backbone_file(cli, tmp_path, source_run):
+    weights = tmp_path / "source.ckpt"
+    weights.write_bytes(Path(f"{source_run}/checkpoints/best.ckpt").read_bytes())
+    res = cli("finetune", finetune_yaml(tmp_path, source_run), "--regime", "linear", "--set", f"finetune.weights={weights}")
+    assert res.exit_code == 0, res.output
+    [run] = list((tmp_path / "runs").iterdir())
+    weights.write_bytes(_perturbed(source_run))
+    ev = cli("eval", str(run))
+    assert ev.exit_code == 2 and f"finetune.weights: {weights} is cnnlab:" in ev.output and "not the backbone" in ev.output
+    assert not (run / "eval.json").exists()
 
 
 @pytest.mark.parametrize("case,message", [

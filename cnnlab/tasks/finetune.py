@@ -90,6 +90,33 @@ def _features_data(recipe: Recipe, data: ImageDataModule, feats: dict[str, torch
     return ImageDataModule.from_splits(recipe.data, recipe.seed, split("train"), split("val"), split("test"))
 
 
+def _network(regime: str, plan: Plan, backbone: Backbone, head_only: bool) -> dict[str, Any]:
+    """What a checkpoint needs besides its recipe to rebuild the network (`rebuild`, `cnnlab eval`)."""
+    return {"finetune": {"regime": regime, "taps": list(plan.taps), "head_only": head_only,
+                         "backbone": backbone.identity}}
+
+
+def rebuild(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Classifier:
+    """The classifier a `fit_regime` checkpoint holds: TransferNet on the backbone its recipe names.
+    A head trained on cached features (linear, stages) goes back onto the pretrained backbone, read
+    from finetune.weights, with the backbone's normalisation; every other checkpoint holds all weights."""
+    spec, net_hp, k = recipe.finetune, hparams["finetune"], hparams["num_classes"]
+    build = BACKBONES.get(spec.backbone)
+    if net_hp["head_only"]:
+        bb = build(spec.weights, True)
+        if bb.identity != net_hp["backbone"]:
+            raise UserError(f"finetune.weights: {spec.weights} is {bb.identity}, not the backbone this head was "
+                            f"trained on ({net_hp['backbone']})")
+        net = TransferNet(bb, k, tuple(net_hp["taps"]))
+        net.head.load_state_dict({"weight": state_dict["net.1.weight"], "bias": state_dict["net.1.bias"]})
+        return Classifier(net, recipe, k, torch.tensor(bb.mean), torch.tensor(bb.std), hparams={"finetune": net_hp})
+    bb = build(spec.weights, False)  # the architecture; the weights are all in the checkpoint
+    net = TransferNet(bb, k, tuple(net_hp["taps"]))
+    module = Classifier(net, recipe, k, state_dict["mean"].flatten(), state_dict["std"].flatten(), hparams={"finetune": net_hp})
+    module.load_state_dict(state_dict)
+    return module
+
+
 def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, run_dir: Path,
                progress: bool = True, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
     """Train one regime and test it; returns its results (also the module, under '_module').
@@ -111,7 +138,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         d = len(cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
         # no normalisation: the head sees the features as they are, exactly as through the backbone
-        module = Classifier(net, recipe, k, torch.zeros(d), torch.ones(d))
+        module = Classifier(net, recipe, k, torch.zeros(d), torch.ones(d), hparams=_network(regime, plan, bb, True))
         trainable = sum(p.numel() for p in net.parameters())
     else:
         bb = source.make(plan.pretrained)
@@ -122,7 +149,8 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         loader = pipeline is not None and recipe.augment.where == "loader"
         data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:])) if loader else None
         augment = pipeline if recipe.augment.where == "device" else None
-        module = Classifier(net, recipe, k, mean, std, augment=augment, lr_scale=plan.lr_scale)
+        module = Classifier(net, recipe, k, mean, std, augment=augment, lr_scale=plan.lr_scale,
+                            hparams=_network(regime, plan, bb, False))
         fit_data = data
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         callbacks = [FreezeSchedule(plan, spec.freeze_epochs), *callbacks]
@@ -185,6 +213,7 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
                "why": why, "similar": sim.similar if sim else source.spec.similar,
                "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
                "per_class_acc": dict(zip(data.test.classes, module.test_per_class_acc)),
+               "skipped_images": data.skipped,
                "device": runinfo.device_info(module.device), "versions": runinfo.versions(), "seed": recipe.seed}
     runinfo.write_json(run_dir / "results.json", results)
     return results
@@ -223,7 +252,7 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
             acc = {g["regime"]: g["test_acc"] for g in got}
             cells.append({"recipe": name, "similar": sim.similar, "probes": sim.probes, "size": size,
                           "best": best["regime"], "best_acc": best["test_acc"], "auto": auto, "why": why,
-                          "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch")})
+                          "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch"), "skipped_images": data.skipped})
     wall = time.perf_counter() - t0
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
                "wall_time_s": wall, "device": runinfo.device_info(device or "cpu"),
