@@ -55,7 +55,6 @@ class Classifier(pl.LightningModule):
                  lr_scale: dict[str, float] | None = None, hparams: dict | None = None):
         super().__init__()
         self.net, self.recipe, self.augment, self.lr_scale = net, recipe, augment, lr_scale
-        # `hparams`: whatever else rebuilding `net` from the checkpoint needs (e.g. a fine-tune's regime)
         self.save_hyperparameters({"recipe": recipe.dump(), "num_classes": num_classes, **(hparams or {})}, logger=False)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
