@@ -178,7 +178,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "pretrained": plan.pretrained,
         "trainable_params": trainable,
         "peak_lr": {f"group {i}": g.get("initial_lr", g["lr"]) for i, g in enumerate(groups)},
-        "augment_fit": {k: {n: t.tolist() for n, t in v.items()} for k, v in pipeline.fitted.items()} if pipeline else None,
+        "augment_fit": {op: {n: t.tolist() for n, t in fit.items()} for op, fit in pipeline.fitted.items()} if pipeline else None,
         "features_cached": use_cache,
         "cache_hit": cache_hit,
         "features_s": extract_s,
