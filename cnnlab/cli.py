@@ -73,15 +73,18 @@ def train(
 
 @app.command("eval")
 @user_errors
-def eval_(path: Annotated[Path, typer.Argument(help="A run folder or a .ckpt file.")]) -> None:
-    """Re-evaluate a run folder's best (or a given) checkpoint on the test split."""
+def eval_(
+    path: Annotated[Path, typer.Argument(help="A run folder (of train or finetune) or a .ckpt file.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the results; default RUN_DIR/eval.json, or NAME.eval.json beside a .ckpt.")] = None,
+) -> None:
+    """Re-evaluate a run folder's best (or a given) checkpoint on the test split, on this machine."""
     from cnnlab import report
     from cnnlab.runinfo import quiet_lightning
 
     quiet_lightning()
     from cnnlab.tasks import evaluate
 
-    report.eval_summary(evaluate.run(path))
+    report.eval_summary(evaluate.run(path, out=out))
 
 
 @app.command()

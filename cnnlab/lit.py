@@ -171,9 +171,11 @@ def build_trainer(recipe: Recipe, run: Path | RunFolder, callbacks: list[pl.Call
 
     t = recipe.trainer
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
-    ckpt = ModelCheckpoint(filename="best", save_last=True, monitor="val/acc" if has_val else None, mode="max",
-                           save_top_k=1 if has_val else 0)  # no validation: no 'best', last.ckpt only
-    cbs: list[pl.Callback] = [folder, ckpt, *callbacks]
+    # last.ckpt on its own callback: Lightning's save_last only writes when a top-k checkpoint is
+    # written, so after an epoch that did not improve val/acc it would be stale (and resume lose epochs)
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1)
+    best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1)] if has_val else []
+    cbs: list[pl.Callback] = [folder, *best, last, *callbacks]  # trainer.checkpoint_callback: the first
     if progress:
         cbs.append(RichProgressBar(leave=False))
     return pl.Trainer(

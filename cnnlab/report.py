@@ -83,7 +83,8 @@ def train_summary(r: dict[str, Any]) -> None:
 def eval_summary(r: dict[str, Any]) -> None:
     console.print(_kv_table(f"checkpoint {r['checkpoint']}", [
         ("test accuracy", f"{r['test_acc']:.2%}"), ("test loss", f"{r['test_loss']:.4f}"),
-        ("test images", str(r["images"]))]))
+        ("test images", str(r["images"])), ("device", f"{r['device']['type']}: {r['device']['name']}, {r['precision']}"),
+        ("written", r["written"])]))
 
 
 def _plt():

@@ -69,8 +69,8 @@ class RunFolder(pl.Callback):
         if path is None:
             raise RuntimeError("no run folder: global rank 0 must make it before fit")
         self.path = Path(path)
-        if trainer.checkpoint_callback is not None:
-            trainer.checkpoint_callback.dirpath = str(self.path / "checkpoints")
+        for ckpt in trainer.checkpoint_callbacks:
+            ckpt.dirpath = str(self.path / "checkpoints")
         for logger in trainer.loggers:
             if isinstance(logger, MetricsCSV) and logger.path is None:
                 # a resumed fit redoes the epochs after its checkpoint; anything else appends

@@ -119,6 +119,36 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, augment):
     assert a["test_acc"] == b["test_acc"]
 
 
+def test_eval_of_a_loose_checkpoint_trained_for_cuda_runs_here_and_writes_beside_it(cli, tmp_path):
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=1", "--set", "output.plots=false")
+    run = only_run(cli.runs)
+    trained = json.loads((run / "results.json").read_text())
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["recipe"]["trainer"].update(accelerator="cuda", precision="16-mixed", devices=2, strategy="ddp")
+    loose = tmp_path / "elsewhere" / "moved.ckpt"
+    loose.parent.mkdir()
+    torch.save(ckpt, loose)
+    res = cli("eval", str(loose))
+    assert res.exit_code == 0, res.output
+    e = json.loads((tmp_path / "elsewhere" / "moved.eval.json").read_text())  # beside the file, named after it
+    assert e["test_acc"] == pytest.approx(trained["test_acc"]) and e["images"] == 300
+    assert e["trained_with"] == {"accelerator": "cuda", "precision": "16-mixed"}
+    if not torch.cuda.is_available():
+        assert e["precision"] == "32-true" and e["device"]["type"] == "cpu"
+    res = cli("eval", str(run), "--out", str(tmp_path / "mine.json"))
+    assert res.exit_code == 0 and json.loads((tmp_path / "mine.json").read_text())["test_acc"] == pytest.approx(trained["test_acc"])
+    assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("command", [["finetune", str(RECIPES / "transfer_similar.yaml")],
+                                     ["augment", str(RECIPES / "augment_fmnist.yaml")]])
+def test_commands_that_make_several_runs_refuse_data_parallel_launches(cli, command):
+    res = cli(*command, "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"`cnnlab {command[0]}` runs in one process" in " ".join(res.output.split())
+    assert list(cli.cwd.iterdir()) == []
+
+
 def test_print_recipe_writes_nothing(cli):
     res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "optim.lr=0.05", "--print-recipe")
     assert res.exit_code == 0 and "lr: 0.05" in res.output

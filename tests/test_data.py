@@ -104,3 +104,157 @@ def test_batches_are_uint8_and_whole():
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+
+
+def _setup(seed=1, **spec) -> ImageDataModule:
+    dm = ImageDataModule(DataSpec(source="digits", **spec), seed=seed)
+    dm.setup()
+    return dm
+
+
+def test_each_seeded_draw_has_its_own_generator():
+    """The training subset, the test subset and the validation hold-out are drawn independently:
+    choosing a test subset leaves the training data alone, and the other way round."""
+    base = dict(classes=[0, 1, 2, 3], subset=30, test_subset=None, val_split=0.2)
+    a = _setup(**base)
+    some_test = _setup(**{**base, "test_subset": 8})
+    assert torch.equal(a.train.images, some_test.train.images) and torch.equal(a.val.images, some_test.val.images)
+    assert len(some_test.test.labels) == 32 < len(a.test.labels)
+    all_train = _setup(**{**base, "subset": None, "test_subset": 8})
+    assert torch.equal(some_test.test.images, all_train.test.images)
+    assert len(all_train.train.labels) > len(a.train.labels)
+    assert not torch.equal(_setup(seed=2, **base).train.images, a.train.images)
+
+
+def test_val_split_of_the_whole_training_split_is_drawn_by_the_seed_itself():
+    """Without subsets the hold-out is a stratified draw from torch.Generator().manual_seed(seed), as
+    always: runs on the full data keep their splits (and their numbers)."""
+    dm = _setup(seed=5, val_split=0.1)
+    full = SOURCES.get("digits")(None, "train")
+    tr, va = stratified_split(full.labels, 0.1, torch.Generator().manual_seed(5))
+    assert torch.equal(dm.val.images, full.images[va]) and torch.equal(dm.train.labels, full.labels[tr])
+
+
+# --------------------------------------------------------------------------- imagefolder: labels and bad files
+
+
+def pngs(folder, n: int, value: int, size: int = 8) -> None:
+    """n small constant-colour PNGs (value identifies the class after any resize)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_png(torch.full((3, size, size), value, dtype=torch.uint8), str(folder / f"{i}.png"))
+
+
+def png_claiming(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def folder_dm(root, **spec) -> ImageDataModule:
+    return ImageDataModule(DataSpec(source="imagefolder", root=str(root), image_size=8, val_split=0.0, **spec))
+
+
+def test_imagefolder_test_labels_follow_the_training_class_names(tmp_path):
+    """A class missing from the test folder must not shift the labels of the classes after it."""
+    value = {"ant": 10, "bee": 120, "cat": 240}
+    for c in value:
+        pngs(tmp_path / "train" / c, 2, value[c])
+    for c in ("ant", "cat"):
+        pngs(tmp_path / "test" / c, 2, value[c])
+    dm = folder_dm(tmp_path)
+    dm.setup()
+    assert dm.test.classes == dm.train.classes == ["ant", "bee", "cat"]
+    label_of = {int(im[0, 0, 0]): int(y) for im, y in zip(dm.test.images, dm.test.labels)}
+    assert label_of == {10: 0, 240: 2}
+    pngs(tmp_path / "test" / "dog", 1, 60)
+    with pytest.raises(UserError) as e:
+        folder_dm(tmp_path).setup()
+    assert "'dog'" in str(e.value) and str(tmp_path / "test" / "dog") in str(e.value) and "\n" not in str(e.value)
+
+
+BAD_FILES = {  # name -> (bytes, what the error says)
+    "truncated": (None, "truncated or corrupt"),
+    "empty": (b"", "empty file"),
+    "text": (b"class,label\ncat,3\n", "not an image"),
+    "over_limit": (png_claiming(9000, 9000), "9000x9000 px is over the limit"),  # 81M px: below PIL's own limit
+    "bomb": (png_claiming(60000, 60000), "over the limit"),
+}
+
+
+def _with_bad_file(root, case: str):
+    for split in ("train", "test"):
+        for c, v in (("ant", 10), ("bee", 200)):
+            pngs(root / split / c, 3, v)
+    data, _ = BAD_FILES[case]
+    if data is None:  # a real PNG cut inside its pixel data
+        noise = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        write_png(noise, str(root / "whole.png"))
+        whole = (root / "whole.png").read_bytes()
+        data = whole[: len(whole) // 2]
+    bad = root / "train" / "bee" / "bad.png"
+    bad.write_bytes(data)
+    return bad
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_unreadable_image_is_a_one_line_error_naming_it(tmp_path, case):
+    bad = _with_bad_file(tmp_path, case)
+    with pytest.raises(UserError) as e:
+        folder_dm(tmp_path).setup()
+    msg = str(e.value)
+    assert str(bad) in msg and BAD_FILES[case][1] in msg and "data.bad_images: skip" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_unreadable_images_can_be_skipped_and_counted(tmp_path, case):
+    bad = _with_bad_file(tmp_path, case)
+    dm = folder_dm(tmp_path, bad_images="skip")
+    dm.setup()
+    assert [s["file"] for s in dm.skipped] == [str(bad)] and BAD_FILES[case][1] in dm.skipped[0]["reason"]
+    assert torch.bincount(dm.train.labels).tolist() == [3, 3] and len(dm.test.labels) == 6
+
+
+def test_imagefolder_degenerate_layouts_are_one_line_errors(tmp_path):
+    pngs(tmp_path / "train" / "ant", 2, 10)
+    pngs(tmp_path / "test" / "ant", 2, 10)
+    with pytest.raises(UserError, match=r"at least 2 classes.*" + str(tmp_path / "train")):
+        folder_dm(tmp_path).setup()
+    (tmp_path / "train" / "bee").mkdir()
+    (tmp_path / "train" / "bee" / "notes.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"class folder .*train/bee holds no images"):
+        folder_dm(tmp_path).setup()
+    (tmp_path / "train" / "bee" / "0.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"no readable images in .*train/bee \(1 unreadable"):
+        folder_dm(tmp_path, bad_images="skip").setup()
+    pngs(tmp_path / "train" / "bee", 2, 200)
+    pngs(tmp_path / "test" / "bee", 2, 200)
+    (tmp_path / "train" / "bee" / "0.png").unlink()
+    folder_dm(tmp_path).setup()  # now a proper layout
+    import shutil
+
+    shutil.rmtree(tmp_path / "test")
+    with pytest.raises(UserError, match=r"has a train/ folder but no test/"):
+        folder_dm(tmp_path).setup()
+
+
+def test_bad_image_stops_cnnlab_train_with_exit_2_and_no_traceback(cli, tmp_path):
+    from conftest import write
+
+    bad = _with_bad_file(tmp_path / "images", "text")
+    recipe = write(tmp_path / "folder.yaml", f"""
+data: {{source: imagefolder, root: {tmp_path / 'images'}, image_size: 8, val_split: 0.0, batch_size: 4}}
+model: {{name: vgg-small, widths: [4, 8], depth: 1}}
+trainer: {{accelerator: cpu, max_epochs: 1}}
+output: {{dir: {cli.runs}}}
+""")
+    res = cli("train", str(recipe))
+    assert res.exit_code == 2 and str(bad) in res.output and "Traceback" not in res.output
+    assert res.output.strip().count("\n") == 0, res.output
+    assert not cli.runs.exists()

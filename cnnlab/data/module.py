@@ -1,6 +1,7 @@
 """The LightningDataModule: whole splits held as uint8 tensors, batches cut by index."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -104,6 +105,16 @@ class Shard(Sampler[int]):
         return len(self.indices)
 
 
+def purpose_generator(seed: int, purpose: str) -> torch.Generator:
+    """A generator of its own for each seeded draw ('train-subset', 'test-subset', 'val'), so that
+    changing one draw (a test subset, say) never moves another (the training images). 'val' is
+    seeded with `seed` itself: the hold-out of runs on whole splits is the one it always was."""
+    if purpose == "val":
+        return torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 def per_class(labels: Tensor, count: int | None, g: torch.Generator) -> Tensor:
     """Indices of a seeded draw of at most `count` images of each class (all when None)."""
     if count is None:
@@ -139,6 +150,19 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
     return Split(split.images[keep], remap[split.labels[keep]], [split.classes[c] for c in classes])
 
 
+def unreadable(*splits: Split, policy: str) -> list[dict[str, str]]:
+    """The image files the splits left out as unreadable, as {file, reason}; with policy 'error'
+    (data.bad_images) the first of them is a UserError. A file listed by both splits (one folder cut
+    into train and test) counts once."""
+    found = dict(sorted({f: why for s in splits for f, why in s.skipped}.items()))
+    if found and policy == "error":
+        f, why = next(iter(found.items()))
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UserError(f"data.root: cannot read {f}: {why}{more}; fix or remove it, or set data.bad_images: skip "
+                        "to leave unreadable images out")
+    return [{"file": f, "reason": why} for f, why in found.items()]
+
+
 def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std: of uint8 images in [0, 1] units, of float data as it is."""
     x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
@@ -153,6 +177,7 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         self.spec, self.seed, self.train_transform = spec, seed, train_transform
         self.train: Split | None = None
+        self.skipped: list[dict[str, str]] = []  # image files left out as unreadable (data.bad_images: skip)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -160,12 +185,12 @@ class ImageDataModule(pl.LightningDataModule):
         s = self.spec
         load = SOURCES.get(s.source)
         root = Path(s.root) if s.root else None
-        g = torch.Generator().manual_seed(self.seed)
-        full = select_classes(load(root, "train"), s.classes)
-        test = select_classes(load(root, "test"), s.classes)
-        full = _take(full, per_class(full.labels, s.subset, g))
-        test = _take(test, per_class(test.labels, s.test_subset, g))
-        tr, va = stratified_split(full.labels, s.val_split, g)
+        full, test = load(root, "train"), load(root, "test")
+        self.skipped = unreadable(full, test, policy=s.bad_images)
+        full, test = select_classes(full, s.classes), select_classes(test, s.classes)
+        full = _take(full, per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
+        test = _take(test, per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
+        tr, va = stratified_split(full.labels, s.val_split, purpose_generator(self.seed, "val"))
         self.train, self.val = _take(full, tr), _take(full, va)
         self.test = test
         for split in (self.train, self.val, self.test):

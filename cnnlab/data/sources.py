@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +20,7 @@ FASHION_MNIST_ROOTS = (Path("/usr/share/datasets/fashion-mnist"), Path("data/fas
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = 8192 * 8192  # 67M px (200 MB decoded as RGB uint8): a larger header is refused before decoding
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Split:
     images: Tensor  # (N, C, H, W) uint8
     labels: Tensor  # (N,) int64
     classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): image files left out, unreadable
 
 
 Source = Callable[[Path | None, str], Split]
@@ -93,28 +97,91 @@ def digits(root: Path | None, split: str) -> Split:
     return Split(x[idx], y[idx], [str(i) for i in range(10)])
 
 
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; the message says why."""
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """(3, H, W) uint8 of an image file, or UnreadableImage. PIL's `open` reads only the header, so
+    the size is checked before a single pixel is decoded; decoding errors never escape as tracebacks."""
+    from PIL import Image
+
+    if path.stat().st_size == 0:
+        raise UnreadableImage("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning and palette notes: handled here
+        try:
+            im = Image.open(path)
+        except Image.UnidentifiedImageError:
+            raise UnreadableImage("not an image (no format PIL knows)") from None
+        except Image.DecompressionBombError as e:  # PIL's own header check, at a limit far above max_pixels
+            claimed = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(claimed[1]):,} px" if claimed else "its size"
+            raise UnreadableImage(f"{size} is over the limit of {max_pixels:,} px") from None
+        except Exception as e:
+            raise UnreadableImage(f"not an image ({type(e).__name__}: {e})") from None
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise UnreadableImage(f"{w}x{h} px is over the limit of {max_pixels:,} px")
+            try:
+                rgb = im.convert("RGB")  # decodes; grey and palette images become 3 channels
+            except Exception as e:
+                raise UnreadableImage(f"truncated or corrupt ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def _class_folders(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 @SOURCES.register("imagefolder")
 def imagefolder(root: Path | None, split: str) -> Split:
-    """Class-per-folder images: <root>/<split>/<class>/*.png (or <root>/<class>/* for both splits,
-    cut 80/20 with a fixed seed). Images are decoded at native size; resizing happens later."""
-    from torchvision.io import ImageReadMode, decode_image
-
+    """Class-per-folder images: <root>/train/<class>/* and <root>/test/<class>/* (the test split's
+    labels follow the training split's class names; a test class missing is fine, an unknown one is
+    an error), or <root>/<class>/* for both splits, cut 80/20 with a fixed seed. Images are decoded at
+    native size (resizing happens later); files that cannot be decoded are left out and listed in
+    `Split.skipped` (the data module decides, by data.bad_images, whether that is an error)."""
     if root is None or not Path(root).is_dir():
         raise UserError(f"data.root: imagefolder needs an existing folder, got {root}")
     root = Path(root)
-    split_dir = root / split
-    base = split_dir if split_dir.is_dir() else root
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in ("train", "test"))
+    has = {part: (root / part).is_dir() for part in ("train", "test")}
+    if any(has.values()):
+        if not all(has.values()):
+            there, missing = ("train", "test") if has["train"] else ("test", "train")
+            raise UserError(f"data.root: {root} has a {there}/ folder but no {missing}/ folder "
+                            f"(expected {root}/train/<class>/ and {root}/test/<class>/, or {root}/<class>/)")
+        base, classes = root / split, _class_folders(root / "train")
+    else:
+        base, classes = root, _class_folders(root)
+    train_dir = root / "train" if any(has.values()) else root
     if not classes:
+        raise UserError(f"data.root: no class folders in {train_dir} (expected {train_dir}/<class>/<image>.png)")
+    if len(classes) < 2:
+        raise UserError(f"data.root: a classifier needs at least 2 classes, {train_dir} has one class folder ({classes[0]})")
+    folders = _class_folders(base)
+    if not folders:
         raise UserError(f"data.root: no class folders in {base} (expected {base}/<class>/<image>.png)")
-    images, labels = [], []
-    for c, name in enumerate(classes):
-        for f in sorted((base / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(decode_image(str(f), mode=ImageReadMode.RGB))
-                labels.append(c)
-    if not images:
-        raise UserError(f"data.root: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
+    unknown = [c for c in folders if c not in classes]
+    if unknown:
+        raise UserError(f"data.root: class '{unknown[0]}' ({base / unknown[0]}) is not a class of the training "
+                        f"split; training classes: {', '.join(classes)}")
+    images, labels, skipped = [], [], []
+    for name in folders:
+        files = [f for f in sorted((base / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        if not files:
+            raise UserError(f"data.root: class folder {base / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        bad = []
+        for f in files:
+            try:
+                images.append(read_image(f))
+                labels.append(classes.index(name))
+            except UnreadableImage as e:
+                bad.append((str(f), str(e)))
+        if len(bad) == len(files):
+            raise UserError(f"data.root: no readable images in {base / name} ({len(bad)} unreadable, "
+                            f"e.g. {bad[0][0]}: {bad[0][1]})")
+        skipped += bad
     sizes = {tuple(im.shape[-2:]) for im in images}
     side = max(max(s) for s in sizes)
     # different sizes: resize each to the largest side now so they stack; data.image_size applies after
@@ -126,7 +193,7 @@ def imagefolder(root: Path | None, split: str) -> Split:
         n_test = max(1, len(y) // 5)
         idx = perm[n_test:] if split == "train" else perm[:n_test]
         x, y = x[idx], y[idx]
-    return Split(x, y, classes)
+    return Split(x, y, classes, skipped)
 
 
 @SOURCES.register("cifar10")

@@ -1,6 +1,8 @@
 """The `data:` section of a recipe."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from cnnlab.data.sources import SOURCES
@@ -17,8 +19,9 @@ class DataSpec(Spec):
     test_subset: int | None = Field(None, ge=1)  # test images per class; None = all
     val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of training images held out
     image_size: int | None = Field(None, ge=4)  # resize to this square size (px); None = native
-    batch_size: int = Field(256, ge=1)  # images per step, per device
+    batch_size: int = Field(256, ge=1)  # images per step, all processes together (each takes batch_size / processes)
     num_workers: int = Field(0, ge=0)  # DataLoader workers (0: in-memory batches, fastest here)
+    bad_images: Literal["error", "skip"] = "error"  # imagefolder: an unreadable image file stops the run, or is left out and listed
 
     @field_validator("source")
     @classmethod

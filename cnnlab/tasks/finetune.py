@@ -14,14 +14,15 @@ from torch import nn
 
 from cnnlab import runinfo
 from cnnlab.augment import build_pipeline
+from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
 from cnnlab.recipe import Recipe
-from cnnlab.tasks.train import module_args, per_class_acc
+from cnnlab.tasks.train import module_args, per_class_acc, require_one_process
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
-from cnnlab.transfer.regimes import zero_head
+from cnnlab.transfer.regimes import stage_taps, zero_head
 from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
 from cnnlab.transfer.spec import FinetuneSpec
@@ -42,7 +43,9 @@ def load_source(recipe: Recipe) -> Source:
     if spec is None:
         raise UserError("the recipe has no finetune: section (see recipes/transfer_similar.yaml)")
     make = partial(BACKBONES.get(spec.backbone), spec.weights)
-    return Source(spec, make(True), make)
+    backbone = make(True)
+    stage_taps(spec.stages, len(backbone.stages), f"backbone {spec.backbone}")  # fails here, before any data or training
+    return Source(spec, backbone, make)
 
 
 def load_data(recipe: Recipe, source: Source) -> ImageDataModule:
@@ -89,6 +92,34 @@ def _features_data(recipe: Recipe, data: ImageDataModule, feats: dict[str, torch
     return ImageDataModule.from_splits(recipe.data, recipe.seed, split("train"), split("val"), split("test"))
 
 
+def _network(regime: str, plan: Plan, backbone: Backbone, head_only: bool) -> dict[str, Any]:
+    """What a checkpoint needs besides its recipe to rebuild the network (`rebuild`, `cnnlab eval`)."""
+    return {"finetune": {"regime": regime, "taps": list(plan.taps), "head_only": head_only,
+                         "backbone": backbone.identity}}
+
+
+def rebuild(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Classifier:
+    """The classifier a `fit_regime` checkpoint holds: TransferNet on the backbone its recipe names.
+    A head trained on cached features (linear, stages) goes back onto the pretrained backbone, read
+    from finetune.weights, with the backbone's normalisation; every other checkpoint holds all weights."""
+    spec, net_hp, k = recipe.finetune, hparams["finetune"], hparams["num_classes"]
+    build = BACKBONES.get(spec.backbone)
+    if net_hp["head_only"]:
+        bb = build(spec.weights, True)
+        if bb.identity != net_hp["backbone"]:
+            raise UserError(f"finetune.weights: {spec.weights} is {bb.identity}, not the backbone this head was "
+                            f"trained on ({net_hp['backbone']})")
+        net = TransferNet(bb, k, tuple(net_hp["taps"]))
+        net.head.load_state_dict({"weight": state_dict["net.1.weight"], "bias": state_dict["net.1.bias"]})
+        return Classifier(net, k, torch.tensor(bb.mean), torch.tensor(bb.std), **module_args(recipe, {"finetune": net_hp}))
+    bb = build(spec.weights, False)  # the architecture; the weights are all in the checkpoint
+    net = TransferNet(bb, k, tuple(net_hp["taps"]))
+    module = Classifier(net, k, state_dict["mean"].flatten(), state_dict["std"].flatten(),
+                        **module_args(recipe, {"finetune": net_hp}))
+    module.load_state_dict(state_dict)
+    return module
+
+
 def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, run_dir: Path,
                progress: bool = True, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
     """Train one regime and test it; returns its results (also the module, under '_module').
@@ -98,7 +129,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     k = data.num_classes
     use_cache = plan.cached and spec.cache_dir is not None and not recipe.augment.ops
-    cache_hit = None
+    cache_hit, pipeline = None, None
     t0 = time.perf_counter()
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
@@ -110,15 +141,19 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         d = len(cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
         # no normalisation: the head sees the features as they are, exactly as through the backbone
-        module = Classifier(net, k, torch.zeros(d), torch.ones(d), **module_args(recipe))
+        module = Classifier(net, k, torch.zeros(d), torch.ones(d), **module_args(recipe, _network(regime, plan, bb, True)))
         trainable = sum(p.numel() for p in net.parameters())
     else:
         bb = source.make(plan.pretrained)
         net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
         net.set_frozen(plan.frozen)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
-        augment = build_pipeline(recipe.augment.ops) if recipe.augment.where == "device" else None
-        module = Classifier(net, k, mean, std, augment=augment, lr_scale=plan.lr_scale, **module_args(recipe))
+        pipeline = build_pipeline(recipe.augment.ops, data.train.images)  # as `cnnlab train`: fitted to the training images
+        loader = pipeline is not None and recipe.augment.where == "loader"
+        data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:])) if loader else None
+        augment = pipeline if recipe.augment.where == "device" else None
+        module = Classifier(net, k, mean, std, augment=augment, lr_scale=plan.lr_scale,
+                            **module_args(recipe, _network(regime, plan, bb, False)))
         fit_data = data
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         callbacks = [FreezeSchedule(plan, spec.freeze_epochs), *callbacks]
@@ -145,6 +180,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "pretrained": plan.pretrained,
         "trainable_params": trainable,
         "peak_lr": {f"group {i}": g.get("initial_lr", g["lr"]) for i, g in enumerate(groups)},
+        "augment_fit": {op: {n: t.tolist() for n, t in fit.items()} for op, fit in pipeline.fitted.items()} if pipeline else None,
         "features_cached": use_cache,
         "cache_hit": cache_hit,
         "features_s": extract_s,
@@ -169,6 +205,7 @@ def _meta(recipe: Recipe, source: Source) -> dict[str, Any]:
 
 def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results."""
+    require_one_process(recipe, "finetune")
     source = load_source(recipe)
     data = load_data(recipe, source)
     chosen, why, sim = resolve(regime or source.spec.regime, recipe, source, data)
@@ -180,7 +217,7 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
     results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
                "why": why, "similar": sim.similar if sim else source.spec.similar,
                "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
-               "versions": runinfo.versions(), "seed": recipe.seed}
+               "skipped_images": data.skipped, "versions": runinfo.versions(), "seed": recipe.seed}
     runinfo.write_json(run_dir / "results.json", results)
     return results
 
@@ -188,6 +225,8 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
 def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str, Any]:
     """Every regime of `finetune.sweep.regimes` at every size of `finetune.sweep.sizes`, for each recipe
     (one per row of the lecture's table); writes regimes.json, results.json and regimes.png."""
+    for _, r in recipes:
+        require_one_process(r, "finetune")
     sources = [(name, r, load_source(r)) for name, r in recipes]  # all weights checked before any work
     for name, r, src in sources:
         if src.spec.similar is None and src.spec.sweep.sizes[0] == 1:
@@ -219,7 +258,7 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
             acc = {g["regime"]: g["test_acc"] for g in got}
             cells.append({"recipe": name, "similar": sim.similar, "probes": sim.probes, "size": size,
                           "best": best["regime"], "best_acc": best["test_acc"], "auto": auto, "why": why,
-                          "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch")})
+                          "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch"), "skipped_images": data.skipped})
     wall = time.perf_counter() - t0
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
                "wall_time_s": wall, "device": device,

@@ -27,10 +27,10 @@ class Assembled:
     pipeline: Pipeline | None  # the recipe's augmentation, fitted to the training images
 
 
-def module_args(recipe: Recipe) -> dict[str, Any]:
-    """What a Classifier takes from a recipe (and keeps in its checkpoint)."""
+def module_args(recipe: Recipe, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a Classifier takes from a recipe; the checkpoint keeps the recipe (and `hparams`)."""
     return {"optim": recipe.optim, "schedule": recipe.schedule, "seed": recipe.seed,
-            "channels_last": recipe.trainer.channels_last, "hparams": {"recipe": recipe.dump()}}
+            "channels_last": recipe.trainer.channels_last, "hparams": {"recipe": recipe.dump(), **(hparams or {})}}
 
 
 def assemble(recipe: Recipe) -> Assembled:
@@ -124,6 +124,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         **fitted,
         "global_batch": recipe.data.batch_size,
         "images": {"train": len(a.data.train.labels), "val": len(a.data.val.labels), "test": len(a.data.test.labels)},
+        "skipped_images": a.data.skipped,
         "parameters": sum(p.numel() for p in a.module.net.parameters()),
         "device": runinfo.device_info(trainer),
         "precision": recipe.trainer.precision,

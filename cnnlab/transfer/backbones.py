@@ -204,15 +204,83 @@ def hub_weights(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+Trunk = Callable[[nn.Module], tuple[list[nn.Module], list[nn.Module]]]  # net -> (stem, body), in forward order
+
+
+def _resnet_trunk(net: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    return [net.conv1, net.bn1, net.relu, net.maxpool], [net.layer1, net.layer2, net.layer3, net.layer4]
+
+
+def _features_trunk(net: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    return [net.features[0]], list(net.features[1:])
+
+
+# Admitted torchvision families: which modules form the convolutional trunk (the classifier's input),
+# split into a stem, which never forms a stage alone (it joins the first one), and the body.
+# `tv_stages` cuts the trunk where the resolution changes.
+TV_TRUNKS: dict[str, Trunk] = {
+    "resnet": _resnet_trunk,
+    "resnext": _resnet_trunk,
+    "wide_resnet": _resnet_trunk,
+    "vgg": lambda net: ([], list(net.features)[:-1]),  # the last max-pool alone would be a stage with no weights
+    "mobilenet_v2": _features_trunk,
+    "mobilenet_v3": _features_trunk,
+    "efficientnet": _features_trunk,
+    "efficientnet_v2": _features_trunk,
+    "convnext": _features_trunk,
+    "mnasnet": lambda net: (list(net.layers[:3]), list(net.layers[3:])),  # stem: the first conv, bn, relu
+    "regnet": lambda net: ([net.stem], list(net.trunk_output)),
+}
+
+
+def tv_family(name: str) -> str | None:
+    """The admitted family of a torchvision model name (the longest matching prefix), or None."""
+    return max((f for f in TV_TRUNKS if name.startswith(f)), key=len, default=None)
+
+
+def _probe(units: list[nn.Module], size: int = 32) -> list[tuple[int, int]]:
+    """(output stride, channels) of every unit, from one eval-mode forward of a size x size image
+    (modes restored, so BatchNorm statistics do not move)."""
+    modules = [m for u in units for m in u.modules()]
+    modes = [m.training for m in modules]
+    x, out = torch.zeros(1, 3, size, size), []
+    with torch.no_grad():
+        for u in units:
+            x = u.eval()(x)
+            out.append((size // x.shape[-1], x.shape[1]))
+    for m, mode in zip(modules, modes):
+        m.training = mode
+    return out
+
+
+def tv_stages(stem: list[nn.Module], body: list[nn.Module]) -> tuple[nn.ModuleList, list[int]]:
+    """(stages, channels of every tap): a trunk cut where the resolution changes, each stage ending
+    with the last module at its stride, the taps timm uses (strides 2, 4, 8, 16, 32: each stage halves
+    the resolution). Modules at stride 1 and the stem join the first stage."""
+    units = ([nn.Sequential(*stem)] if stem else []) + body
+    probed = _probe(units)
+    strides = [st for st, _ in probed]
+    ends = [i for i in range(len(units)) if strides[i] > 1 and not (stem and i == 0)
+            and (i == len(units) - 1 or strides[i + 1] != strides[i])]
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    taps = [strides[e] for e in ends]
+    if any(b != 2 * a for a, b in zip(taps, taps[1:])):
+        raise ValueError(f"trunk strides {taps} do not halve stage by stage")
+    stages = nn.ModuleList([nn.Sequential(*units[a: e + 1]) for a, e in zip(starts, ends)])
+    return stages, [probed[e][1] for e in ends]
+
+
 def _torchvision(name: str) -> Builder:
     import torchvision
 
-    names = [n for n in torchvision.models.list_models(module=torchvision.models)
-             if n.startswith(("resnet", "resnext", "wide_resnet", "vgg", "mobilenet", "efficientnet", "convnext",
-                              "mnasnet", "regnet"))]
-    if name not in names:
-        raise KeyError(f"'torchvision:{name}' is not a torchvision backbone with stages"
-                       f"{did_you_mean(name, names)}; e.g. resnet18, mobilenet_v3_small, efficientnet_b0")
+    known = torchvision.models.list_models(module=torchvision.models)
+    admitted = [n for n in known if tv_family(n)]
+    if name not in admitted:
+        families = ", ".join(TV_TRUNKS)
+        why = "has no stage table" if name in known else "is not a torchvision classifier"
+        raise KeyError(f"'torchvision:{name}' {why}{did_you_mean(name, admitted)}; admitted families: {families} "
+                       "(e.g. resnet18, mobilenet_v3_small, efficientnet_b0)")
+    trunk = TV_TRUNKS[tv_family(name)]
 
     def build(weights: str | None = None, pretrained: bool = True) -> Backbone:
         net = torchvision.models.get_model(name, weights=None)
@@ -224,12 +292,8 @@ def _torchvision(name: str) -> Builder:
                                 "(torch hub cache) or set finetune.weights to a local state-dict file")
             _load(net, read_weights(path), path, f"torchvision:{name}")
             identity = f"torchvision:{name}:{file_digest(path)}"
-        if hasattr(net, "layer4"):  # ResNet family: stem + layer1, layer2, layer3, layer4
-            stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
-            stages = nn.ModuleList([stem, net.layer2, net.layer3, net.layer4])
-        else:  # nets with a `.features` Sequential: each child is a stage
-            stages = nn.ModuleList(list(net.features.children()))
-        return Backbone(stages, tap_channels(stages, 3), 3, IMAGENET_MEAN, IMAGENET_STD,
+        stages, channels = tv_stages(*trunk(net))
+        return Backbone(stages, channels, 3, IMAGENET_MEAN, IMAGENET_STD,
                         "imagenet" if pretrained else "random", identity)
 
     return build

@@ -21,7 +21,7 @@ from cnnlab.data.sources import Split
 from cnnlab.transfer.backbones import Backbone
 from cnnlab.transfer.regimes import TransferNet
 
-CACHE_VERSION = 1  # bump when the way features are computed changes
+CACHE_VERSION = 2  # bump when the way features (or the images behind a key) are computed changes
 
 
 class _Extractor(pl.LightningModule):

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from cnnlab.errors import UserError
 from cnnlab.registry import Registry
 from cnnlab.transfer.backbones import Backbone
 
@@ -49,10 +50,25 @@ def linear(n: int, spec) -> Plan:
     return Plan("linear", frozenset(range(n)), (n - 1,))
 
 
+def stage_taps(stages: list[int] | None, n: int, backbone: str = "the backbone") -> tuple[int, ...]:
+    """`finetune.stages` as sorted stage indices of an n-stage backbone (None: all; negative indices
+    count from the end); an index out of range or a stage named twice is a UserError."""
+    if stages is None:
+        return tuple(range(n))
+    where = f"{backbone} has {n} stages: 0..{n - 1}, or -{n}..-1 from the end"
+    for i in stages:
+        if not -n <= i < n:
+            raise UserError(f"finetune.stages: {i} is out of range; {where}")
+    idx = [i % n for i in stages]
+    twice = next((i for i in idx if idx.count(i) > 1), None)
+    if twice is not None:
+        raise UserError(f"finetune.stages: {stages} names stage {twice} twice; {where}")
+    return tuple(sorted(idx))
+
+
 @REGIMES.register("stages")
 def stages(n: int, spec) -> Plan:
-    taps = tuple(sorted(i % n for i in spec.stages)) if spec.stages else tuple(range(n))
-    return Plan("stages", frozenset(range(n)), taps)
+    return Plan("stages", frozenset(range(n)), stage_taps(spec.stages, n))
 
 
 @REGIMES.register("top")

@@ -57,6 +57,13 @@ class FinetuneSpec(Spec):
     def _known_backbone(cls, v: str) -> str:
         return known(BACKBONES, v)
 
+    @field_validator("stages")
+    @classmethod
+    def _distinct_stages(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"each stage at most once, got {v}" if v else "name at least one stage (null = all)")
+        return v
+
     @field_validator("regime")
     @classmethod
     def _known_regime(cls, v: str) -> str:
