@@ -33,6 +33,13 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, s: ScheduleSpec) -> f
     return 1.0
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Every random draw of a training step (dropout, device augmentation) is a function of
+    (seed, rank, step): a resumed run continues exactly as an uninterrupted one would have, and the
+    processes of a data-parallel run draw differently (rank 0 as a single process does)."""
+    return seed * 1_000_003 + step + rank * 7_919_000_017
+
+
 def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only (not norms, biases). `lr_scale` maps a parameter-name
     prefix to a learning-rate multiplier (discriminative learning rates), one param group each."""
@@ -79,14 +86,8 @@ class Classifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def step_seed(self) -> int:
-        """Every random draw of a training step (dropout, device augmentation) is a function of
-        (seed, rank, step): a resumed run continues exactly as an uninterrupted one would have, and
-        the processes of a data-parallel run draw differently (rank 0 as a single process would)."""
-        return self.seed * 1_000_003 + self.global_step + self.global_rank * 7_919_000_017
-
     def _seed_step(self) -> None:
-        seed = self.step_seed()
+        seed = step_seed(self.seed, self.global_rank, self.global_step)
         if self.device.type == "cpu":
             # torch.manual_seed would also queue a lazy CUDA seeding call with a formatted stack trace
             # on every step of a CPU run (2.5 ms a step, and a list that grows for the whole run)

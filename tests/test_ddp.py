@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from cnnlab.data.module import EpochShuffle, Shard
 from conftest import RECIPES
@@ -67,18 +66,11 @@ def test_evaluation_shards_count_every_image_once():
 
 
 def test_step_seeds_include_the_rank():
-    from cnnlab.lit import Classifier
-    from cnnlab.spec import OptimSpec, ScheduleSpec
+    from cnnlab.lit import step_seed
 
-    m = Classifier(torch.nn.Flatten(), 2, torch.zeros(1), torch.ones(1), optim=OptimSpec(), schedule=ScheduleSpec(), seed=5)
-    seeds = {}
-    for rank in (0, 1):
-        type(m).global_rank = property(lambda self, r=rank: r)
-        try:
-            seeds[rank] = m.step_seed()
-        finally:
-            del type(m).global_rank
-    assert seeds[0] != seeds[1] and seeds[0] == 5 * 1_000_003  # rank 0 draws as a single process does
+    seeds = {(rank, step): step_seed(5, rank, step) for rank in range(4) for step in range(1000)}
+    assert len(set(seeds.values())) == len(seeds)  # no two (rank, step) pairs share a seed
+    assert step_seed(5, 0, 7) == 5 * 1_000_003 + 7  # rank 0 draws as a single process always did
 
 
 def test_two_nodes_started_by_torchrun_write_one_run(tmp_path):
