@@ -16,7 +16,7 @@ def error(message: str) -> None:
 
 
 def epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """metric name -> {epoch: value}, from Lightning's CSV log (epoch-level values only)."""
+    """metric name -> {epoch: value}, from a run's metrics.csv (epoch-level values only)."""
     out: dict[str, dict[int, float]] = {}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):

@@ -27,9 +27,6 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # the run folder already holds recipe.yaml; the CSV logger only replaces its own metrics.csv
-    # (whose earlier rows a resume puts back), so its "will be deleted" warning misleads
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
