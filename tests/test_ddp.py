@@ -92,3 +92,10 @@ def test_two_nodes_started_by_torchrun_write_one_run(tmp_path):
     [run] = list(tmp_path.iterdir())
     r = json.loads((run / "results.json").read_text())
     assert r["device"]["processes"] == 2 and "test accuracy" in outs[0] and "test accuracy" not in outs[1]
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(cli):
+    res = cli("train", SMOKE, "--set", "trainer.devices=3", "--set", "trainer.strategy=ddp")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "data.batch_size: 32 images do not split evenly over 3 processes" in " ".join(res.output.split())
+    assert list(cli.cwd.iterdir()) == []
