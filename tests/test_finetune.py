@@ -160,16 +160,22 @@ def _first_batch(recipe, source, run_dir):
     return seen.x, out, data
 
 
-@pytest.mark.parametrize("where", ["device", "loader"])
-def test_finetune_augments_where_the_recipe_says(where, source_run, tmp_path):
-    """hflip with p=1: the first batch is the un-augmented one mirrored, in either mode."""
+def _plain_and_augmented(source_run, tmp_path, where: str, op: dict):
+    """The first training batch of one `top` epoch without augmentation, and with `op` in `where`
+    mode: (plain batch, augmented batch, fit results, data)."""
     r = tiny_recipe(source_run, tmp_path)
     r.trainer.max_epochs, r.trainer.limit_train_batches = 1, 1
     source = ft.load_source(r)
     plain, _, _ = _first_batch(r, source, tmp_path / "plain")
-    flip = r.model_copy(deep=True)
-    flip.augment = rc.AugmentSpec(where=where, ops=[{"name": "hflip", "p": 1.0}])
-    x, out, data = _first_batch(flip, source, tmp_path / "flip")
+    aug = r.model_copy(deep=True)
+    aug.augment = rc.AugmentSpec(where=where, ops=[op])
+    return (plain, *_first_batch(aug, source, tmp_path / "augmented"))
+
+
+@pytest.mark.parametrize("where", ["device", "loader"])
+def test_finetune_augments_where_the_recipe_says(where, source_run, tmp_path):
+    """hflip with p=1: the first batch is the un-augmented one mirrored, in either mode."""
+    plain, x, out, data = _plain_and_augmented(source_run, tmp_path, where, {"name": "hflip", "p": 1.0})
     assert not torch.equal(plain, plain.flip(-1)) and torch.equal(x, plain.flip(-1))
     assert (data.train_transform is not None) == (where == "loader")
     assert (out["_module"].augment is not None) == (where == "device")
@@ -179,13 +185,7 @@ def test_finetune_augments_where_the_recipe_says(where, source_run, tmp_path):
 def test_finetune_fits_pca_jitter_to_the_training_images(where, source_run, tmp_path):
     from cnnlab.augment import OPS
 
-    r = tiny_recipe(source_run, tmp_path)
-    r.trainer.max_epochs, r.trainer.limit_train_batches = 1, 1
-    source = ft.load_source(r)
-    plain, _, _ = _first_batch(r, source, tmp_path / "plain")
-    lit = r.model_copy(deep=True)
-    lit.augment = rc.AugmentSpec(where=where, ops=[{"name": "pca_jitter", "alpha_std": 0.5}])
-    x, out, data = _first_batch(lit, source, tmp_path / "pca")
+    plain, x, out, data = _plain_and_augmented(source_run, tmp_path, where, {"name": "pca_jitter", "alpha_std": 0.5})
     expected = OPS.get("pca_jitter").fit(data.train.images)
     assert out["augment_fit"]["0:pca_jitter"]["eigvals"] == pytest.approx(expected["eigvals"].tolist())
     assert x.shape == plain.shape and not torch.equal(x, plain)

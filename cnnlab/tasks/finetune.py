@@ -212,8 +212,7 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
     run_dir = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "finetune")
     runinfo.write_recipe(run_dir, recipe.dump())
     t0 = time.perf_counter()
-    r = fit_regime(recipe, source, data, chosen, run_dir, progress)
-    module = r.pop("_module")
+    r = _public(fit_regime(recipe, source, data, chosen, run_dir, progress))
     results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
                "why": why, "similar": sim.similar if sim else source.spec.similar,
                "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
@@ -248,9 +247,8 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
             auto, why, sim = resolve("auto", r, source, data)
             got = []
             for regime in s.regimes:
-                out = fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress)
+                out = _public(fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress))
                 device = out["device"]
-                out.pop("_module")
                 got.append({"recipe": name, "similar": sim.similar, "size": size, **out})
                 runinfo.write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
             rows += got
