@@ -142,14 +142,19 @@ def find_checkpoint(path: str | Path, key: str | None = None) -> Path:
     return p
 
 
+def write_text(path: Path, text: str) -> None:
+    """Written under a temporary name and renamed: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
@@ -207,7 +212,8 @@ def host_peak_mib() -> float:
 
 class Throughput(pl.Callback):
     """Training images per second over every process, timed over training batches only (no
-    validation, no set-up; the device synchronised at each timestamp), and peak memory. Both are
+    validation, no set-up; the device synchronised at the epoch's first and last timestamps only, so
+    steps still overlap with the CPU), and peak memory. Both are
     logged at each epoch's end, so they reach the main process from ddp_spawn's workers too."""
 
     def __init__(self) -> None:
@@ -223,7 +229,8 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[1])
-        self._last = self._now(module)
+        last = batch_idx + 1 >= trainer.num_training_batches
+        self._last = self._now(module) if last else time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module) -> None:
         # validation runs before this hook: count up to the last training batch only
