@@ -138,6 +138,30 @@ def finetune(
         report.finetune_summary(task.run(loaded[0][1]))
 
 
+@app.command("eval-tta")
+@user_errors
+def eval_tta(
+    path: Annotated[Path, typer.Argument(help="A run folder (of train or finetune) or a .ckpt file.")],
+    views: Annotated[Optional[str], typer.Option("--views", help="Policies, comma-separated; views joined by '+': hflip,ten-crop+scales. Default: the recipe's eval.tta, else a standard set.")] = None,
+    agg: Annotated[Optional[str], typer.Option(help="How an image's views combine: mean-prob, mean-logit, max.")] = None,
+    set_: Overrides = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for tta.json and tta.png; default the run folder, or NAME.tta.* beside a .ckpt.")] = None,
+) -> None:
+    """Evaluate with test-time augmentation (flips, crops, shifts, scales), each policy against the single view."""
+    from cnnlab import report
+    from cnnlab.runinfo import quiet_lightning
+
+    over = list(set_ or [])
+    if views is not None:
+        over.append(f"eval.tta=[{', '.join(repr(v.strip()) for v in views.split(','))}]")
+    if agg is not None:
+        over.append(f"eval.agg={agg}")
+    quiet_lightning()
+    from cnnlab.tasks import eval_tta as task
+
+    report.tta_table(task.run(path, over, out=out))
+
+
 def _not_yet(name: str, what: str) -> None:
     extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
 
@@ -155,7 +179,6 @@ def _version() -> str:
     return cnnlab.__version__
 
 
-_not_yet("eval-tta", "Evaluate with test-time augmentation (multiple crops/flips, averaged)")
 _not_yet("bench-conv", "Benchmark convolution algorithms (direct, im2col, FFT) side by side")
 
 

@@ -104,12 +104,16 @@ class Classifier(pl.LightningModule):
             self._seed_step()
             if self.augment is not None:
                 x = self.augment(x, self._gen)
+        return self.prepare(x), y
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """A uint8 batch (on the device) -> the network's input: scaled, normalised, in the weights'
+        dtype and memory format. bf16-true / 64-true convert the module, never the batch; mixed
+        modes keep float32 weights and autocast does the rest."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         x = (x - self.mean) / self.std
-        # the weights' dtype: bf16-true / 64-true convert the module, never the batch; mixed modes
-        # keep float32 weights and autocast does the rest
-        return x.to(dtype=self.dtype).contiguous(memory_format=self.memory_format), y
+        return x.to(dtype=self.dtype).contiguous(memory_format=self.memory_format)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch

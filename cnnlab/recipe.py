@@ -27,6 +27,7 @@ from cnnlab.models.spec import ModelSpec
 from cnnlab.registry import did_you_mean
 from cnnlab.spec import OptimSpec, OutputSpec, ScheduleSpec, Spec, TrainerSpec
 from cnnlab.transfer.spec import FinetuneSpec
+from cnnlab.tta.spec import EvalSpec
 
 Path_ = tuple[Any, ...]  # a key path from the top: ("optim", "lr"), ("augment", "ops", 0, "p")
 
@@ -51,6 +52,7 @@ class Recipe(Spec):
     trainer: TrainerSpec = TrainerSpec()
     output: OutputSpec = OutputSpec()
     finetune: FinetuneSpec | None = None  # only `cnnlab finetune` reads it
+    eval: EvalSpec = EvalSpec()  # test-time augmentation after training, and eval-tta's defaults
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's (and so Lightning's) seed range
 
     def dump(self) -> dict[str, Any]:
@@ -416,11 +418,11 @@ def read(path: str | Path) -> tuple[dict | Any, dict[Path_, int]]:
 
 
 def load(path: str | Path | None, overrides: list[str] = (), base: dict | None = None,
-         preflight: bool = False) -> Recipe:
+         preflight: bool = False, source: str | None = None) -> Recipe:
     """Read a recipe file (or start from `base`), apply overrides, validate. Raises RecipeError.
     `preflight`: also check this machine can run it (CUDA, precision, output folder); for the
     command about to run, never for a recipe only printed or read back."""
-    source = str(path) if path is not None else "--set overrides"
+    source = source or (str(path) if path is not None else "--set overrides")
     lines: dict[Path_, int] = {}
     if base is not None:
         raw = copy.deepcopy(base)

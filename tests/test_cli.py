@@ -163,7 +163,7 @@ def test_print_recipe_writes_nothing(cli):
     (["train", SMOKE, "--set", "data.root=/nonexistent"], "data.root: Fashion-MNIST idx files"),
     (["train", "--resume", "/nonexistent"], "--resume: /nonexistent is not a run folder"),
     (["eval", "/nonexistent"], "file not found: /nonexistent (expected a run folder or a checkpoint file)"),
-    (["eval-tta", "x.yaml"], "`cnnlab eval-tta` is not available yet"),
+    (["eval-tta", "/nonexistent"], "file not found: /nonexistent (expected a run folder or a checkpoint file)"),
 ])
 def test_user_errors_exit_2_without_traceback(cli, args, message):
     res = cli(*args)  # output.dir stays the default `runs`, relative to the empty working folder

@@ -91,6 +91,14 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     """Train, test the best checkpoint, write the run folder; returns results.json's content on
     global rank 0 (None on the other processes of a data-parallel run, which write nothing)."""
     a = assemble(recipe)
+    if recipe.eval.tta:  # before any folder is made: one process, and views that fit the images
+        from cnnlab.tasks.eval_tta import checked
+
+        t = recipe.trainer
+        if t.strategy != "auto" or t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1):
+            raise UserError("eval.tta: test-time augmentation after training runs in one process; for a "
+                            "data-parallel run leave eval.tta empty and run `cnnlab eval-tta RUN_DIR` afterwards")
+        checked(recipe, recipe.eval.tta, a.data.test.images[:1])
     has_val = len(a.data.val.labels) > 0
     ckpt_path = last_checkpoint(resume) if resume is not None else None
     folder = runinfo.RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
@@ -133,6 +141,12 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "resumed_from": str(ckpt_path) if ckpt_path else None,
         "resume_overrides": list(resume_overrides) if ckpt_path else None,
     }
+    if recipe.eval.tta:  # the tested (best) weights, on the same test split; tta.json and tta.png too
+        from cnnlab.tasks.eval_tta import measure, write
+
+        tta = measure(recipe, a.module, a.data.test_dataloader(), recipe.eval.tta, recipe.trainer.accelerator,
+                      recipe.trainer.precision, progress)
+        results["tta"] = write(tta, run_dir)
     runinfo.write_json(run_dir / "results.json", results)
     if recipe.output.plots:
         from cnnlab.report import plot_curves
