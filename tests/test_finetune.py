@@ -462,6 +462,10 @@ def test_eval_of_a_finetune_run_reproduces_its_test_results(cli, tmp_path, sourc
     assert e["images"] == r["images"]["test"] == 30 and e["test_acc"] == pytest.approx(r["test_acc"])
     assert e["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
     assert e["per_class_acc"] == pytest.approx(r["per_class_acc"])
+    tta = cli("eval-tta", str(run), "--views", "hflip")  # test-time views reach the backbone's input too
+    assert tta.exit_code == 0, tta.output
+    rows = json.loads((run / "tta.json").read_text())["policies"]
+    assert [p["policy"] for p in rows] == ["identity", "hflip"] and rows[0]["acc"] == e["test_acc"]
 
 
 def test_eval_of_a_cached_head_refuses_a_changed_backbone_file(cli, tmp_path, source_run):

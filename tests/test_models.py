@@ -29,6 +29,14 @@ def test_staged_net_taps_halve_resolution():
     assert [tuple(t.shape) for t in taps] == [(2, 4, 28, 28), (2, 8, 14, 14), (2, 16, 7, 7)]
 
 
+def test_vgg_depth_per_stage():
+    net = build_model("vgg-small", 1, 10, widths=[4, 8, 16], depth=[1, 2, 3])
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in stage.modules()) for stage in net.stages]
+    assert convs == [1, 2, 3]
+    with pytest.raises(UserError, match=r"model.depth: one depth per stage, 3 widths \[4, 8, 16\] and 2 depths"):
+        build_model("vgg-small", 1, 10, widths=[4, 8, 16], depth=[1, 2])
+
+
 def test_torchvision_weights_from_local_file(tmp_path):
     import torchvision
 

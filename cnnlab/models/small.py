@@ -7,6 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from cnnlab.errors import UserError
 from cnnlab.models.registry import MODELS
 
 Width = Annotated[int, Field(ge=1)]
@@ -42,14 +43,18 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 @MODELS.register("vgg-small")
 def vgg_small(in_channels: int, num_classes: int, widths: list[Width] = [32, 64, 128],
-              depth: Annotated[int, Field(ge=1)] = 2,
+              depth: Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]] = 2,
               dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0) -> StagedNet:
-    """VGG-style: per stage `depth` 3x3 conv+BN+ReLU at `widths[i]` channels; 2x2 max-pool between
+    """VGG-style: per stage `depth` 3x3 conv+BN+ReLU at `widths[i]` channels (one depth for every
+    stage, or one per stage: [1, 2, 2] keeps the full-resolution stage cheap); 2x2 max-pool between
     stages; global average pool and a linear classifier."""
+    depths = depth if isinstance(depth, list) else [depth] * len(widths)
+    if len(depths) != len(widths):
+        raise UserError(f"model.depth: one depth per stage, {len(widths)} widths {widths} and {len(depths)} depths {depths}")
     stages, c = [], in_channels
-    for i, w in enumerate(widths):
+    for i, (w, d) in enumerate(zip(widths, depths)):
         layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
-        for _ in range(depth):
+        for _ in range(d):
             layers.append(conv_bn(c, w))
             c = w
         stages.append(nn.Sequential(*layers))
