@@ -32,9 +32,10 @@ def single(tmp_path_factory):
     return train(tmp_path_factory.mktemp("single"))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
-def test_two_processes_write_one_run_and_match_one_process(strategy, single, tmp_path):
-    r = train(tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}")
+# ddp without a validation split: the test runs on the weights in memory, not on a checkpoint file
+@pytest.mark.parametrize("strategy,extra", [("ddp", ["data.val_split=0"]), ("ddp_spawn", [])])
+def test_two_processes_write_one_run_and_match_one_process(strategy, extra, single, tmp_path):
+    r = train(tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}", "eval.tta=[hflip]", *extra)
     assert r["device"]["processes"] == 2 and r["global_batch"] == single["global_batch"] == 32
     assert r["epochs"] == 4 and r["train_images_per_s"] > 0  # measured in the workers, reported back
     assert len(r["per_class_acc"]) == 9 and r["images"]["test"] == 279
@@ -48,6 +49,13 @@ def test_two_processes_write_one_run_and_match_one_process(strategy, single, tmp
     assert res.returncode == 0, res.stdout + res.stderr
     e = json.loads((tmp_path / r["run_dir"] / "eval.json").read_text())
     assert e["test_acc"] == pytest.approx(r["test_acc"], abs=1e-6) and e["images"] == 279
+    # ... with the same BatchNorm statistics in every process (rank 0's: DDP's first forward after
+    # training copies them to the other ranks)
+    assert e["test_loss"] == pytest.approx(r["test_loss"], rel=1e-5)
+    # eval.tta ran once, on global rank 0, with the tested weights (ddp_spawn's too): its single view is the test
+    single_view, flip = r["tta"]["policies"]
+    assert single_view["acc"] == pytest.approx(r["test_acc"], abs=1e-6) and flip["policy"] == "hflip"
+    assert single_view["images_per_s"] > 0 and (tmp_path / r["run_dir"] / "tta.json").is_file()
 
 
 def test_two_processes_share_every_global_batch_exactly():

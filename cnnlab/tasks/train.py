@@ -86,18 +86,27 @@ def per_class_acc(tested: dict[str, float], classes: list[str]) -> dict[str, flo
     return {name: float(tested[f"{PER_CLASS}{i}"]) for i, name in enumerate(classes)}
 
 
+def _tta(recipe: Recipe, a: Assembled, ckpt: Path, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """eval.tta on global rank 0, in this process on one device, with the weights of the tested
+    checkpoint read from its file (after ddp_spawn this process's module holds other weights);
+    tta.json and tta.png go into the run folder."""
+    from cnnlab.tasks.eval_tta import measure, write
+
+    a.module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    a.data.trainer = None  # batches of the whole test split, not this rank's shard of it
+    tta = measure(recipe, a.module, a.data.test_dataloader(), recipe.eval.tta, recipe.trainer.accelerator,
+                  recipe.trainer.precision, progress)
+    return write(tta, run_dir)
+
+
 def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback] = (),
         progress: bool = True, resume_overrides: list[str] = ()) -> dict[str, Any] | None:
     """Train, test the best checkpoint, write the run folder; returns results.json's content on
     global rank 0 (None on the other processes of a data-parallel run, which write nothing)."""
     a = assemble(recipe)
-    if recipe.eval.tta:  # before any folder is made: one process, and views that fit the images
+    if recipe.eval.tta:  # views that do not fit the images: an error before any folder is made
         from cnnlab.tasks.eval_tta import checked
 
-        t = recipe.trainer
-        if t.strategy != "auto" or t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1):
-            raise UserError("eval.tta: test-time augmentation after training runs in one process; for a "
-                            "data-parallel run leave eval.tta empty and run `cnnlab eval-tta RUN_DIR` afterwards")
         checked(recipe, recipe.eval.tta, a.data.test.images[:1])
     has_val = len(a.data.val.labels) > 0
     ckpt_path = last_checkpoint(resume) if resume is not None else None
@@ -141,12 +150,8 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "resumed_from": str(ckpt_path) if ckpt_path else None,
         "resume_overrides": list(resume_overrides) if ckpt_path else None,
     }
-    if recipe.eval.tta:  # the tested (best) weights, on the same test split; tta.json and tta.png too
-        from cnnlab.tasks.eval_tta import measure, write
-
-        tta = measure(recipe, a.module, a.data.test_dataloader(), recipe.eval.tta, recipe.trainer.accelerator,
-                      recipe.trainer.precision, progress)
-        results["tta"] = write(tta, run_dir)
+    if recipe.eval.tta:
+        results["tta"] = _tta(recipe, a, Path(results["checkpoint"]), run_dir, progress)
     runinfo.write_json(run_dir / "results.json", results)
     if recipe.output.plots:
         from cnnlab.report import plot_curves
