@@ -28,6 +28,7 @@ bench: setup data
 	$(PY) benchmarks/augment_throughput.py
 	$(PY) benchmarks/feature_cache.py
 	$(PY) benchmarks/tta_throughput.py
+	$(PY) benchmarks/cpu_data_parallel.py
 
 # Fashion-MNIST to 93% in under 5 minutes of training on 2 CPU cores, test-time augmentation after
 fast: setup data
