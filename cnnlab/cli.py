@@ -162,24 +162,20 @@ def eval_tta(
     report.tta_table(task.run(path, over, out=out))
 
 
-def _not_yet(name: str, what: str) -> None:
-    extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+@app.command("bench-conv")
+@user_errors
+def bench_conv(
+    shape: Annotated[Optional[str], typer.Option(help="One layer N,C,H,W,K,k (default: a sweep of kernel sizes 1-11 at 64x64).")] = None,
+    stacking: Annotated[bool, typer.Option("--stacking", help="Also compare one 7x7, three 3x3 and a bottleneck at equal channels.")] = False,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per algorithm (median), after warm-up.")] = 5,
+    device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Folder for the run folder bench-conv-<time>.")] = Path("runs"),
+) -> None:
+    """Time convolution algorithms (direct, im2col, FFT, Winograd) side by side, with their error and memory."""
+    from cnnlab import report
+    from cnnlab.tasks import bench_conv as task
 
-    @app.command(name, help=f"{what} (not available yet).", **extra)
-    def command(ctx: typer.Context) -> None:
-        from cnnlab import report
-
-        report.error(f"`cnnlab {name}` is not available yet in cnnlab {_version()}")
-        raise typer.Exit(2)
-
-
-def _version() -> str:
-    import cnnlab
-
-    return cnnlab.__version__
-
-
-_not_yet("bench-conv", "Benchmark convolution algorithms (direct, im2col, FFT) side by side")
+    report.bench_conv_table(task.run(shape, stacking, repeats, device, str(out)))
 
 
 def main() -> None:

@@ -330,3 +330,46 @@ def plot_tta(r: dict[str, Any], out_png: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def bench_conv_table(r: dict[str, Any]) -> None:
+    t = Table(title=f"convolution algorithms ({r['device']}, {r['torch_threads']} threads, median of {r['repeats']}; "
+                    f"'same' padding, stride 1)", title_justify="left")
+    for col in ("N,C,H,W,K,k", "algorithm", "ms", "GFLOP/s", "vs direct", "extra MiB", "rel. error"):
+        t.add_column(col, justify="left" if col in ("N,C,H,W,K,k", "algorithm") else "right", no_wrap=True)
+    for x in r["rows"]:
+        shape = ",".join(map(str, x["shape"]))
+        if "unsupported" in x:
+            t.add_row(shape, x["algorithm"], "[dim]" + x["unsupported"] + "[/]", "", "", "", "")
+            continue
+        t.add_row(shape, x["algorithm"], f"{x['ms']:.2f}", f"{x['gflops']:.1f}", f"{x['vs_direct']:.2f}x",
+                  f"{x['extra_mib']:.1f}", f"{x['rel_error']:.1e}")
+    console.print(t)
+    if r.get("stacking"):
+        s = Table(title="stacking at equal channels", title_justify="left")
+        for col in ("block", "parameters", "FLOPs", "non-linearities", "receptive field", "fwd+bwd ms"):
+            s.add_column(col, justify="left" if col == "block" else "right")
+        for x in r["stacking"]:
+            s.add_row(x["block"], f"{x['parameters']:,}", f"{x['flops']:,}", str(x["nonlinearities"]),
+                      f"{x['receptive_field']}x{x['receptive_field']}", f"{x['fwd_bwd_ms']:.2f}")
+        console.print(s)
+    console.print(f"written {r['run_dir']}/bench_conv.json, bench_conv.png", highlight=False)
+
+
+def plot_bench_conv(r: dict[str, Any], out_png: Path) -> None:
+    """Time against kernel size, one line per algorithm."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(x["algorithm"] for x in r["rows"]):
+        pts = sorted((x["shape"][5], x["ms"]) for x in r["rows"] if x["algorithm"] == name and "ms" in x)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("kernel size k")
+    ax.set_ylabel("ms per forward (median)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("convolution algorithms, side by side")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

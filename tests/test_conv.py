@@ -86,3 +86,62 @@ def test_im2col_buffer_is_k_squared_times_the_input(k):
     assert buf == k * k * 2 * 8 * 32 * 32 * 4
     tiled = ALGORITHMS.get("im2col-tiled").workspace(x, w, padding=k // 2)
     assert tiled == buf * 8 // 32  # 8 of the 32 output rows at a time
+
+
+def test_receptive_field_of_known_stacks():
+    from torch import nn
+
+    from cnnlab.conv.stacking import receptive_field
+
+    assert receptive_field([nn.Conv2d(1, 1, 7)]) == 7
+    assert receptive_field([nn.Conv2d(1, 1, 3)] * 3) == 7  # three 3x3 see what one 7x7 sees
+    assert receptive_field([nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3)]) == 8  # after a stride 2: 2 px a tap
+    assert receptive_field([nn.Conv2d(1, 1, 3, dilation=2)]) == 5
+
+
+def test_stacking_blocks_have_the_lectures_parameter_counts():
+    from cnnlab.conv.stacking import BLOCKS, conv_flops
+
+    c = 32
+    params = {n: sum(p.numel() for p in BLOCKS.get(n)(c).parameters()) for n in BLOCKS}
+    assert params["3x3x3"] == 27 * c * c and params["7x7"] == 49 * c * c
+    assert params["bottleneck"] == c * (c // 4) * 2 + 9 * (c // 4) ** 2
+    assert conv_flops(BLOCKS.get("7x7")(c), 8, 8) == 2 * 49 * c * c * 64
+
+
+def test_bench_conv_through_the_cli_writes_the_table_json_and_plot(cli):
+    import json
+
+    res = cli("bench-conv", "--shape", "2,3,10,10,4,3", "--stacking", "--repeats", "1", "--out", str(cli.runs))
+    assert res.exit_code == 0, res.output
+    [run] = list(cli.runs.iterdir())
+    r = json.loads((run / "bench_conv.json").read_text())
+    rows = {x["algorithm"]: x for x in r["rows"]}
+    assert set(rows) == {"direct", "im2col", "im2col-tiled", "fft", "winograd-2x2", "winograd-4x4"}
+    for x in rows.values():
+        assert x["ms"] > 0 and x["rel_error"] < 1e-4 and x["gflops"] > 0
+    assert rows["direct"]["vs_direct"] == 1.0
+    assert rows["im2col"]["extra_mib"] * 2**20 == 2 * 3 * 9 * 10 * 10 * 4  # k*k x the input
+    assert {x["block"] for x in r["stacking"]} == {"7x7", "3x3x3", "bottleneck"}
+    assert (run / "bench_conv.png").is_file() and "winograd-4x4" in res.output
+
+
+def test_bench_conv_shows_what_an_algorithm_cannot_do(cli):
+    import json
+
+    res = cli("bench-conv", "--shape", "1,2,8,8,2,5", "--repeats", "1", "--out", str(cli.runs))
+    assert res.exit_code == 0, res.output
+    [run] = list(cli.runs.iterdir())
+    rows = {x["algorithm"]: x for x in json.loads((run / "bench_conv.json").read_text())["rows"]}
+    assert rows["winograd-2x2"]["unsupported"] == "winograd-2x2 supports only 3x3 kernels (got 5x5)"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shape", "1,2,3"], "--shape '1,2,3': expected six positive integers N,C,H,W,K,k"),
+    (["--shape", "1,2,4,4,2,0"], "--shape '1,2,4,4,2,0': expected six positive integers"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--shape", "0,1,1,1,1,1"], "--"),
+])
+def test_bench_conv_bad_input_exits_2_without_traceback(cli, args, message):
+    res = cli("bench-conv", *args, "--out", str(cli.runs))
+    assert res.exit_code == 2 and message in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not cli.runs.exists()
