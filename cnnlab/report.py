@@ -340,11 +340,13 @@ def bench_conv_table(r: dict[str, Any]) -> None:
     for x in r["rows"]:
         shape = ",".join(map(str, x["shape"]))
         if "unsupported" in x:
-            t.add_row(shape, x["algorithm"], "[dim]" + x["unsupported"] + "[/]", "", "", "", "")
+            t.add_row(shape, x["algorithm"], "[dim]-[/]", "", "[dim]unsupported[/]", "", "")
             continue
         t.add_row(shape, x["algorithm"], f"{x['ms']:.2f}", f"{x['gflops']:.1f}", f"{x['vs_direct']:.2f}x",
                   f"{x['extra_mib']:.1f}", f"{x['rel_error']:.1e}")
     console.print(t)
+    for why in dict.fromkeys(x["unsupported"] for x in r["rows"] if "unsupported" in x):
+        console.print(f"unsupported: {why}", style="dim", highlight=False)
     if r.get("stacking"):
         s = Table(title="stacking at equal channels", title_justify="left")
         for col in ("block", "parameters", "FLOPs", "non-linearities", "receptive field", "fwd+bwd ms"):
