@@ -47,9 +47,7 @@ def plot_curves(metrics_csv: Path, out_png: Path, label_smoothing: float = 0.0) 
         ax.legend()
     axes[0].set_title(f"loss (train with label smoothing {label_smoothing:g})" if label_smoothing else "loss")
     axes[1].set_title("accuracy")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -100,6 +98,15 @@ def _plt():
     return plt
 
 
+def _save(fig, out_png: Path) -> None:
+    """Lay out, write under a temporary name and rename (a reader never sees half a PNG), close."""
+    fig.tight_layout()
+    tmp = Path(out_png).with_name(Path(out_png).name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    tmp.replace(out_png)
+    _plt().close(fig)
+
+
 def plot_grid(g, out_png: Path) -> None:
     """Rows of real images, one column per op (and pipeline draws)."""
     plt = _plt()
@@ -116,9 +123,7 @@ def plot_grid(g, out_png: Path) -> None:
                 ax.set_title(g.columns[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(g.labels[r], fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def bench_table(b: dict[str, Any]) -> None:
@@ -183,9 +188,7 @@ def plot_ablation(a: dict[str, Any], out_png: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"augmentation ablation, {a['epochs']} epochs, equal budget, {len(a['seeds'])} seed(s)")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def finetune_summary(r: dict[str, Any]) -> None:
@@ -250,11 +253,7 @@ def sweep_summary(r: dict[str, Any]) -> None:
 
 def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
     """Test accuracy against training images per class, one line per regime, one panel per recipe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     recipes = list(dict.fromkeys(x["recipe"] for x in rows))
     fig, axes = plt.subplots(1, len(recipes), figsize=(5 * len(recipes), 4), squeeze=False)
     for ax, name in zip(axes[0], recipes):
@@ -268,9 +267,7 @@ def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
         ax.set_title(f"{name} ({'similar' if mine[0]['similar'] else 'different'} data)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def tta_table(r: dict[str, Any], title: str | None = None) -> None:
@@ -327,9 +324,7 @@ def plot_tta(r: dict[str, Any], out_png: Path) -> None:
     ax2.set_ylabel("top-1 accuracy (%)")
     ax2.set_title("accuracy against throughput")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def bench_conv_table(r: dict[str, Any]) -> None:
@@ -372,6 +367,4 @@ def plot_bench_conv(r: dict[str, Any], out_png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("convolution algorithms, side by side")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png)
