@@ -87,7 +87,7 @@ def test_policies_compose_left_to_right():
     x = image(6, 6, b=2)
     p = build("hflip+translate", {"translate": {"px": 1}})
     out = p(x)
-    assert p.views(x) == 10 and out.shape == (20, 1, 6, 6)
+    assert check(p, x) == p.views == 10 and out.shape == (20, 1, 6, 6)
     flipped_then_shifted = VIEWS.get("translate")(x.flip(-1), px=1)
     assert torch.equal(out.view(5, 2, 2, 1, 6, 6)[:, 1].reshape(10, 1, 6, 6), flipped_then_shifted)
 

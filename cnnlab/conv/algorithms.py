@@ -228,7 +228,7 @@ def _winograd_matrices(m: int) -> tuple[Tensor, Tensor, Tensor]:
 def _winograd(m: int):
     def fn(x, w, s, p, d, out):
         a = m + 2  # input tile size
-        BT, G, AT = (t.to(x.dtype if x.dtype.is_floating_point else torch.float32).to(x.device) for t in _winograd_matrices(m))
+        BT, G, AT = (t.to(device=x.device, dtype=x.dtype) for t in _winograd_matrices(m))
         th, tw = math.ceil(out[0] / m), math.ceil(out[1] / m)
         H, W = x.shape[-2:]
         xp = F.pad(x, (p[1], p[1] + tw * m + 2 - (W + 2 * p[1]), p[0], p[0] + th * m + 2 - (H + 2 * p[0])))

@@ -39,8 +39,6 @@ def load(path: Path, overrides: list[str] = ()) -> Loaded:
         hparams, raw = ckpt["hyper_parameters"], ckpt["hyper_parameters"]["recipe"]
     except Exception as e:
         raise UserError(f"{ckpt_path}: not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{ckpt_path}: not a cnnlab checkpoint (its recipe is not a mapping)")
     recipe = load_recipe(None, list(overrides), base=raw, source=f"{ckpt_path} (embedded recipe)")
     try:
         if "finetune" in hparams:  # a fine-tuned TransferNet (or a head on cached features)

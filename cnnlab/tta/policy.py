@@ -34,15 +34,12 @@ class Policy:
 
     name: str
     steps: list[tuple[str, Callable[..., Tensor], dict[str, Any]]] = field(default_factory=list)
+    views: int | None = None  # views (forward passes) per image, counted by `check` on a real image
 
     def __call__(self, x: Tensor) -> Tensor:
         for _, fn, kwargs in self.steps:
             x = fn(x, **kwargs)
         return x
-
-    def views(self, like: Tensor) -> int:
-        """Views (forward passes) per image, counted on one image shaped like `like`'s."""
-        return len(self(like[:1]))
 
 
 def build(policy: str, params: dict[str, dict[str, Any]]) -> Policy:
@@ -55,15 +52,18 @@ def build(policy: str, params: dict[str, dict[str, Any]]) -> Policy:
     return Policy(policy, steps)
 
 
-def check(policy: Policy, sample: Tensor) -> None:
-    """Run the policy once on real images, so a view that does not fit the data (a shift as
-    large as the image) is refused before any work starts. Raises ValueError naming the view."""
+def check(policy: Policy, sample: Tensor) -> int:
+    """Run the policy once on one real image, so a view that does not fit the data (a shift as
+    large as the image) is refused before any work starts (ValueError naming the view); sets and
+    returns the policy's views per image."""
     x = sample[:1]
     for name, fn, kwargs in policy.steps:
         try:
             x = fn(x, **kwargs)
         except ValueError as e:
             raise ValueError(f"view '{name}' of policy '{policy.name}': {e}") from None
+    policy.views = len(x)
+    return policy.views
 
 
 def aggregate(logits: Tensor, how: str) -> Tensor:

@@ -22,9 +22,9 @@ class Predictor(pl.LightningModule):
     predict step returns every policy's log-probabilities for the batch, and times each policy
     (view making, forwards, aggregation; device-synchronised)."""
 
-    def __init__(self, classifier: nn.Module, policies: list[Policy], views: dict[str, int], agg: str, chunk: int):
+    def __init__(self, classifier: nn.Module, policies: list[Policy], agg: str, chunk: int):
         super().__init__()
-        self.classifier, self.policies, self.views, self.agg, self.chunk = classifier, policies, views, agg, chunk
+        self.classifier, self.policies, self.agg, self.chunk = classifier, policies, agg, chunk
         self.seconds = {p.name: 0.0 for p in policies}
 
     def _sync(self) -> None:
@@ -34,7 +34,7 @@ class Predictor(pl.LightningModule):
     def scores(self, policy: Policy, x: Tensor) -> Tensor:
         """(B, K) log-probabilities: groups of images whose views fill at most `chunk` rows, each
         group's views made at once and forwarded in one call (or `chunk`-row calls)."""
-        V = self.views[policy.name]
+        V = policy.views
         out = []
         for xs in x.split(max(1, self.chunk // V)):
             views = policy(xs)
@@ -68,10 +68,9 @@ def policies_for(names: list[str], spec: EvalSpec, sample: Tensor) -> list[Polic
 def evaluate(classifier: nn.Module, loader: Any, policies: list[Policy], spec: EvalSpec, chunk: int,
              trainer: pl.Trainer) -> dict[str, Any]:
     """Every policy's accuracy, NLL, ECE, views per image and images/s on `loader`'s images, and
-    its paired change from the single view (the first policy). `trainer` runs the prediction."""
-    sample = next(iter(loader))[0][:1]
-    views = {p.name: p.views(sample) for p in policies}
-    predictor = Predictor(classifier, policies, views, spec.agg, chunk)
+    its paired change from the single view (the first policy). The policies come from
+    `policies_for` (checked, views counted); `trainer` runs the prediction."""
+    predictor = Predictor(classifier, policies, spec.agg, chunk)
     batches = trainer.predict(predictor, dataloaders=loader)
     y = torch.cat([b[1] for b in batches])
     rows = []
@@ -82,7 +81,7 @@ def evaluate(classifier: nn.Module, loader: Any, policies: list[Policy], spec: E
         if base_right is None:
             base_right = right
         secs = predictor.seconds[p.name]
-        rows.append({"policy": p.name, "views": views[p.name], **scores(logp, y),
+        rows.append({"policy": p.name, "views": p.views, **scores(logp, y),
                      "images_per_s": len(y) / secs if secs > 0 else None, "seconds": secs,
                      "vs_single": None if p.name == BASELINE else paired(base_right, right)})
     return {"agg": spec.agg, "chunk": chunk, "images": len(y), "baseline": BASELINE,

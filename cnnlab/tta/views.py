@@ -30,7 +30,7 @@ def shifted(x: Tensor, offsets: list[tuple[int, int]], pad_mode: str = "zero",
     return translate(x.repeat(len(offsets), 1, 1, 1), dy, dx, H, W, pad_mode, reach)
 
 
-def _fits(x: Tensor, px: int, view: str, what: str) -> None:
+def _fits(x: Tensor, px: int, what: str) -> None:
     H, W = x.shape[-2:]
     if 2 * px >= min(H, W):
         raise ValueError(f"{what} {px} px is half or more of the {H}x{W} image: its views would show "
@@ -55,7 +55,7 @@ def hflip(x: Tensor) -> Tensor:
 def translate_views(x: Tensor, px: Px = 2, pad_mode: PadMode = "zero") -> Tensor:
     """The image and its shifts by `px` pixels up, down, left and right: 5 views."""
     check_batch(x)
-    _fits(x, px, "translate", "a shift of")
+    _fits(x, px, "a shift of")
     return shifted(x, [(0, 0), (-px, 0), (px, 0), (0, -px), (0, px)], pad_mode)
 
 
@@ -85,7 +85,7 @@ def five_crop(x: Tensor, pad: Px = 2, mode: Literal["pad", "resize"] = "pad",
     `pad` px on every side (`mode: pad`, as training's pad-and-crop) or resized up by 2 x `pad` px
     (`mode: resize`): 5 views."""
     check_batch(x)
-    _fits(x, pad, "five-crop", "a margin of")
+    _fits(x, pad, "a margin of")
     return _corners_and_centre(x, pad, mode, pad_mode)
 
 
@@ -94,7 +94,7 @@ def ten_crop(x: Tensor, pad: Px = 2, mode: Literal["pad", "resize"] = "pad",
              pad_mode: PadMode = "zero") -> Tensor:
     """five-crop and the mirror image (along W) of each crop: 10 views."""
     check_batch(x)
-    _fits(x, pad, "ten-crop", "a margin of")
+    _fits(x, pad, "a margin of")
     crops = _corners_and_centre(x, pad, mode, pad_mode)
     return torch.cat([crops, crops.flip(-1)])
 
