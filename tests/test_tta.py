@@ -186,6 +186,19 @@ def test_eval_tta_identity_equals_plain_eval_and_writes_tta_json(cli, tta_run):
     assert (cli.runs / "tta" / "tta.png").is_file() and "ten-crop+scales" in res.output
 
 
+def test_chunking_bounds_each_forward_without_changing_the_results(cli, tta_run):
+    def tta(*extra):
+        out = cli.runs / f"chunk{len(extra)}"
+        res = cli("eval-tta", str(tta_run), "--views", "hflip+translate", "--agg", "max", "--out", str(out), *extra)
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "tta.json").read_text())
+
+    whole, chunked = tta(), tta("--set", "eval.chunk=7")  # 10 views: 32 images a batch -> groups of 1 image
+    assert (whole["chunk"], chunked["chunk"], whole["agg"]) == (32, 7, "max")
+    for a, b in zip(whole["policies"], chunked["policies"]):
+        assert a["acc"] == b["acc"] and a["nll"] == pytest.approx(b["nll"], rel=1e-5)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--views", "translate", "--set", "eval.views.translate.px=14"],
      "eval.tta: view 'translate' of policy 'translate': a shift of 14 px is half or more of the 28x28 image"),
