@@ -3,15 +3,13 @@ convolution against three stacked 3x3 convolutions (the same receptive field) an
 bottleneck. Receptive field, parameters, FLOPs and non-linearities come from the built modules."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from cnnlab.conv.bench import seconds
-from cnnlab.registry import Registry
-
-BLOCKS: Registry[Callable[[int], nn.Sequential]] = Registry("stacking block")
+from cnnlab.models.stacked import BLOCKS
 
 
 def receptive_field(layers: list[nn.Module]) -> int:
@@ -25,24 +23,6 @@ def receptive_field(layers: list[nn.Module]) -> int:
             rf += (k - 1) * d * jump
             jump *= s
     return rf
-
-
-@BLOCKS.register("7x7")
-def one_7x7(c: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c, c, 7, padding=3, bias=False), nn.ReLU())
-
-
-@BLOCKS.register("3x3x3")
-def three_3x3(c: int) -> nn.Sequential:
-    return nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(c, c, 3, padding=1, bias=False), nn.ReLU())])
-
-
-@BLOCKS.register("bottleneck")
-def bottleneck(c: int) -> nn.Sequential:
-    """1x1 down to C/4, 3x3 at C/4, 1x1 back up to C (ResNet's bottleneck)."""
-    m = max(1, c // 4)
-    return nn.Sequential(nn.Conv2d(c, m, 1, bias=False), nn.ReLU(), nn.Conv2d(m, m, 3, padding=1, bias=False), nn.ReLU(),
-                         nn.Conv2d(m, c, 1, bias=False), nn.ReLU())
 
 
 def conv_flops(block: nn.Sequential, h: int, w: int) -> int:
@@ -59,7 +39,7 @@ def compare(channels: int = 64, size: int = 32, batch: int = 8, repeats: int = 5
     x = torch.randn(batch, channels, size, size, device=dev)
     rows = []
     for name in BLOCKS:
-        block = BLOCKS.get(name)(channels).to(dev)
+        block = BLOCKS.get(name)(channels, channels, False).to(dev)
 
         def step() -> None:
             block.zero_grad(set_to_none=True)
