@@ -36,7 +36,7 @@ def test_train_smoke_end_to_end_then_eval(cli):
     assert r["train_images_per_s"] > 0 and r["versions"]["torch"] == torch.__version__
     assert "test accuracy" in res.output
     saved = rc.load(run / "recipe.yaml")
-    assert saved.dump()["model"] == {"name": "vgg-small", "widths": [16, 32, 32], "depth": 1}
+    assert saved.dump()["model"] == {"name": "vgg-small", "conv_impl": "direct", "widths": [16, 32, 32], "depth": 1}
 
     ev = cli("eval", str(run))
     assert ev.exit_code == 0, ev.output

@@ -270,7 +270,7 @@ def test_a_checkpoint_trained_on_cuda_is_a_backbone_on_any_machine(no_gpu, tmp_p
     from cnnlab.transfer import BACKBONES
 
     recipe = rc.load(RECIPES / "smoke.yaml", ["trainer.accelerator=cuda", "trainer.precision=16-mixed"]).dump()
-    net = build_model(recipe["model"]["name"], 1, 10, **{k: v for k, v in recipe["model"].items() if k != "name"})
+    net = build_model(recipe["model"]["name"], 1, 10, **{k: v for k, v in recipe["model"].items() if k not in ("name", "conv_impl")})
     sd = {f"net.{k}": v for k, v in net.state_dict().items()} | {"mean": torch.full((1,), 0.3), "std": torch.full((1,), 0.2)}
     torch.save({"hyper_parameters": {"recipe": recipe, "num_classes": 10}, "state_dict": sd}, tmp_path / "gpu.ckpt")
     bb = BACKBONES.get("cnnlab")(str(tmp_path / "gpu.ckpt"))

@@ -12,6 +12,7 @@ import torch
 from cnnlab import runinfo
 from cnnlab.augment import Pipeline, build_pipeline
 from cnnlab.augment.loader import per_sample_transform
+from cnnlab.conv.module import summary, swap
 from cnnlab.data import ImageDataModule
 from cnnlab.errors import UserError
 from cnnlab.data.module import per_process_batch
@@ -25,6 +26,7 @@ class Assembled:
     data: ImageDataModule
     module: Classifier
     pipeline: Pipeline | None  # the recipe's augmentation, fitted to the training images
+    conv: dict[str, Any] | None = None  # model.conv_impl: which layers run it (None: all direct)
 
 
 def module_args(recipe: Recipe, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -39,12 +41,14 @@ def assemble(recipe: Recipe) -> Assembled:
     data = ImageDataModule(recipe.data, seed=recipe.seed)
     data.setup("fit")
     net = build_model(recipe.model.name, data.in_channels, data.num_classes, **recipe.model.kwargs())
+    impl = recipe.model.conv_impl
+    conv = None if impl == "direct" else summary(impl, swap(net, impl))
     pipeline = build_pipeline(recipe.augment.ops, data.train.images)
     if pipeline is not None and recipe.augment.where == "loader":
         data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:]))
     device_aug = pipeline if recipe.augment.where == "device" else None
     module = Classifier(net, data.num_classes, data.mean, data.std, augment=device_aug, **module_args(recipe))
-    return Assembled(data, module, pipeline)
+    return Assembled(data, module, pipeline, conv)
 
 
 def require_one_process(recipe: Recipe, command: str) -> None:
@@ -145,6 +149,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "parameters": sum(p.numel() for p in a.module.net.parameters()),
         "device": runinfo.device_info(trainer),
         "precision": recipe.trainer.precision,
+        "conv_impl": a.conv,
         "versions": runinfo.versions(),
         "seed": recipe.seed,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
