@@ -166,7 +166,12 @@ def eval_tta(
 @user_errors
 def bench_conv(
     shape: Annotated[Optional[str], typer.Option(help="One layer N,C,H,W,K,k (default: a sweep of kernel sizes 1-11 at 64x64).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Time every conv layer of a registered or torchvision:<name> model instead.")] = None,
+    input: Annotated[str, typer.Option("--input", help="--model's input N,C,H,W.")] = "1,3,224,224",
     stacking: Annotated[bool, typer.Option("--stacking", help="Also compare one 7x7, three 3x3 and a bottleneck at equal channels.")] = False,
+    train: Annotated[bool, typer.Option("--train", help="With --stacking: train vgg-7x7, vgg-3x3x3 and vgg-bottleneck (cnnlab train).")] = False,
+    recipe: Annotated[Optional[Path], typer.Option(help="--train's recipe (default recipes/stacking.yaml).")] = None,
+    set_: Overrides = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per algorithm (median), after warm-up.")] = 5,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Path, typer.Option(help="Folder for the run folder bench-conv-<time>.")] = Path("runs"),
@@ -175,7 +180,8 @@ def bench_conv(
     from cnnlab import report
     from cnnlab.tasks import bench_conv as task
 
-    report.bench_conv_table(task.run(shape, stacking, repeats, device, str(out)))
+    report.bench_conv_table(task.run(shape, stacking, repeats, device, str(out), model=model, input=input, train=train,
+                                     recipe=recipe, overrides=set_ or []))
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
 """Convolution algorithms against a float64 reference (F.conv2d in double), over random shapes,
 strides, paddings and dilations; their gradients; what each refuses; counted multiplications and
 the im2col buffer."""
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,13 +103,14 @@ def test_receptive_field_of_known_stacks():
 
 
 def test_stacking_blocks_have_the_lectures_parameter_counts():
-    from cnnlab.conv.stacking import BLOCKS, conv_flops
+    from cnnlab.conv.stacking import conv_flops
+    from cnnlab.models.stacked import BLOCKS
 
     c = 32
-    params = {n: sum(p.numel() for p in BLOCKS.get(n)(c).parameters()) for n in BLOCKS}
+    params = {n: sum(p.numel() for p in BLOCKS.get(n)(c, c).parameters()) for n in BLOCKS}
     assert params["3x3x3"] == 27 * c * c and params["7x7"] == 49 * c * c
     assert params["bottleneck"] == c * (c // 4) * 2 + 9 * (c // 4) ** 2
-    assert conv_flops(BLOCKS.get("7x7")(c), 8, 8) == 2 * 49 * c * c * 64
+    assert conv_flops(BLOCKS.get("7x7")(c, c), 8, 8) == 2 * 49 * c * c * 64
 
 
 def test_bench_conv_through_the_cli_writes_the_table_json_and_plot(cli):
@@ -137,11 +141,158 @@ def test_bench_conv_shows_what_an_algorithm_cannot_do(cli):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--shape", "1,2,3"], "--shape '1,2,3': expected six positive integers N,C,H,W,K,k"),
-    (["--shape", "1,2,4,4,2,0"], "--shape '1,2,4,4,2,0': expected six positive integers"),
+    (["--shape", "1,2,3"], "--shape '1,2,3': expected 6 positive integers N,C,H,W,K,k"),
+    (["--shape", "1,2,4,4,2,0"], "--shape '1,2,4,4,2,0': expected 6 positive integers"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--shape", "0,1,1,1,1,1"], "--"),
 ])
 def test_bench_conv_bad_input_exits_2_without_traceback(cli, args, message):
     res = cli("bench-conv", *args, "--out", str(cli.runs))
     assert res.exit_code == 2 and message in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not cli.runs.exists()
+
+
+# ----------------------------------------------------------------------------- a network on an algorithm
+
+def _tiny(name="vgg-3x3x3"):
+    from cnnlab.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(name, 1, 5, widths=[4, 6, 8])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_network_on_each_algorithm_matches_direct_forward_and_backward(name):
+    from cnnlab.conv.module import AlgorithmConv2d, swap
+
+    ref, net = _tiny(), _tiny()
+    plan = swap(net, name)
+    assert [s.layer for s in plan] == [n for n, m in ref.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(s.algorithm == name and s.reason is None for s in plan)  # every layer is 3x3, stride 1
+    assert sum(isinstance(m, AlgorithmConv2d) for m in net.modules()) == (0 if name == "direct" else len(plan))
+    assert net.state_dict().keys() == ref.state_dict().keys()  # checkpoints load either way
+    x = torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y, y_ref = net(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for (n, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_layers_an_algorithm_cannot_compute_stay_on_direct_with_the_reason():
+    from torch import nn
+
+    from cnnlab.conv.module import summary, swap
+
+    net = _tiny("resnet-small")  # stride-2 3x3s and 1x1 skips
+    net.stages[0].insert(0, nn.Conv2d(1, 1, 3, padding=1, groups=1, padding_mode="reflect"))
+    plan = {s.layer: s for s in swap(net, "winograd-2x2")}
+    assert plan["stages.1.0.skip.0"].reason == "winograd-2x2 supports only stride 1 (got 2); 3x3 kernels (got 1x1)"
+    assert plan["stages.0.0"].reason == "padding_mode 'reflect' (only zeros)"
+    assert plan["stages.0.2.body.1"].algorithm == "winograd-2x2"
+    s = summary("winograd-2x2", list(plan.values()))
+    assert s["layers"] + len(s["on_direct"]) == s["of"] == len(plan)
+    dw = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 4, 4, padding="same"), nn.Conv2d(4, 4, 3, padding="same"))
+    dw_ref = copy.deepcopy(dw)
+    reasons = [p.reason for p in swap(dw, "fft")]
+    assert reasons == ["groups 4 (only 1: dense convolutions)", "padding 'same' with an even kernel extent (uneven padding)", None]
+    x = torch.randn(1, 4, 9, 9)
+    torch.testing.assert_close(dw(x), dw_ref(x), rtol=1e-4, atol=1e-5)  # the last layer on fft, the others direct
+
+
+@pytest.mark.parametrize("mode", ["bf16-autocast", "bf16-weights", "float64"])
+def test_algorithms_run_at_every_precision_a_recipe_accepts(mode):
+    """32-true is above; bf16-mixed autocasts; bf16-true and 64-true hold the weights in that dtype."""
+    from cnnlab.conv.module import swap
+
+    for name in ("fft", "im2col", "winograd-2x2"):
+        ref, net = _tiny(), _tiny()
+        swap(net, name)
+        x = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+        if mode == "bf16-autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, y_ref = net(x), ref(x)
+            tol = 5e-2
+        else:
+            dtype = torch.bfloat16 if mode == "bf16-weights" else torch.float64
+            net, ref, x = net.to(dtype), ref.to(dtype), x.to(dtype)
+            y, y_ref = net(x), ref(x)
+            assert y.dtype == dtype
+            tol = 5e-2 if dtype == torch.bfloat16 else 1e-10
+        assert torch.isfinite(y).all()
+        assert (y.float() - y_ref.float()).abs().max() <= tol * y_ref.float().abs().max(), name
+        y.float().sum().backward()
+
+
+def test_train_through_fft_from_the_cli_records_it_and_evaluates(cli):
+    import json
+
+    from conftest import RECIPES
+
+    args = ["--set", "data.subset=6", "--set", "data.test_subset=4", "--set", "trainer.max_epochs=1",
+            "--set", f"output.dir={cli.runs}"]
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", "model.conv_impl=fft", *args)
+    assert res.exit_code == 0, res.output
+    [run] = list(cli.runs.iterdir())
+    r = json.loads((run / "results.json").read_text())
+    assert r["conv_impl"] == {"algorithm": "fft", "layers": 3, "of": 3, "on_direct": {}}
+    res = cli("eval", str(run))
+    assert res.exit_code == 0, res.output
+    assert abs(json.loads((run / "eval.json").read_text())["test_acc"] - r["test_acc"]) < 1e-6
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", "model.conv_impl=winograd", *args)
+    assert res.exit_code == 2 and "model.conv_impl (--set): 'winograd' is not a convolution algorithm" in res.output
+
+
+def test_bench_conv_model_times_every_layer_and_the_net(cli):
+    import json
+
+    res = cli("bench-conv", "--model", "resnet-small", "--input", "2,1,12,12", "--repeats", "1", "--out", str(cli.runs))
+    assert res.exit_code == 0, res.output
+    [run] = list(cli.runs.iterdir())
+    m = json.loads((run / "bench_conv.json").read_text())["model"]
+    convs = [n for n, x in _tiny("resnet-small").named_modules() if isinstance(x, torch.nn.Conv2d)]
+    assert [x["layer"] for x in m["layers"]] == convs
+    totals = {t["algorithm"]: t for t in m["totals"]}
+    assert totals["direct"]["layers"] == totals["im2col"]["layers"] == len(convs)
+    strided = [x for x in m["layers"] if x["stride"] != [1, 1]]
+    assert strided and totals["fft"]["layers"] == len(convs) - len(strided)
+    assert all("fft" in x["unsupported"] and "fft" not in x["ms"] for x in strided)
+    for t in totals.values():
+        on = [x for x in m["layers"] if t["algorithm"] in x["ms"]]
+        assert t["ms"] == pytest.approx(sum(x["ms"][t["algorithm"]] for x in on))
+        assert t["net_fwd_bwd_ms"] > 0
+    assert all(e < 1e-4 for x in m["layers"] for e in x["rel_error"].values())
+    assert "net fwd+bwd" in res.output and (run / "bench_conv.png").is_file()
+
+
+def test_bench_conv_stacking_train_runs_cnnlab_train_per_block(cli):
+    import json
+
+    res = cli("bench-conv", "--shape", "1,2,6,6,2,3", "--repeats", "1", "--stacking", "--train",
+              "--set", "data.subset=6", "--set", "data.test_subset=3", "--set", "trainer.max_epochs=1",
+              "--set", "data.batch_size=16", "--out", str(cli.runs))
+    assert res.exit_code == 0, res.output
+    [run] = [p for p in cli.runs.iterdir()]
+    r = json.loads((run / "bench_conv.json").read_text())
+    rows = {x["model"]: x for x in r["stacking_train"]}
+    assert set(rows) == {"vgg-7x7", "vgg-3x3x3", "vgg-bottleneck"}
+    for name, x in rows.items():
+        sub = json.loads((Path(x["run_dir"]) / "results.json").read_text())
+        assert Path(x["run_dir"]).parent == run and sub["test_acc"] == x["test_acc"]
+        assert json.loads(json.dumps(sub))["images"]["test"] == 30 and x["epochs"] == 1
+    assert rows["vgg-bottleneck"]["parameters"] < rows["vgg-3x3x3"]["parameters"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--train"], "--train trains the stacking variants: add --stacking"),
+    (["--set", "optim.lr=1"], "--recipe and --set configure --train's runs"),
+    (["--model", "vgg-smal"], "--model: 'vgg-smal' is not a model (did you mean 'vgg-small'?)"),
+    (["--model", "vgg-small", "--input", "1,1,28"], "--input '1,1,28': expected 4 positive integers N,C,H,W"),
+    (["--model", "vgg-small", "--shape", "1,1,8,8,1,3"], "--shape and --model: give one"),
+    (["--model", "torchvision:resnet18", "--input", "1,3,8,8"], "--input 1,3,8,8: torchvision:resnet18 cannot run on it"),
+    (["--stacking", "--train", "--set", "optim.lr=-1"], "optim.lr (--set): "),
+])
+def test_bench_conv_model_and_train_errors_exit_2_before_any_folder(cli, args, message):
+    res = cli("bench-conv", *args, "--out", str(cli.runs))
+    assert res.exit_code == 2 and message in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
     assert not cli.runs.exists()

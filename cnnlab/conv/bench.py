@@ -3,6 +3,7 @@ for every algorithm, warm-up, then the median of repeats (device-synchronised), 
 GFLOP/s, the ratio to `direct`, the extra memory and the error against a float64 reference."""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Any
@@ -68,3 +69,75 @@ def bench_shape(shape: tuple[int, int, int, int, int, int], algorithms: list[str
         if "ms" in r and base:
             r["vs_direct"] = r["ms"] / base
     return rows
+
+
+def conv_inputs(net: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, torch.nn.Conv2d, tuple[int, ...]]]:
+    """(name, layer, input shape) of every nn.Conv2d that one forward pass of `x` runs, in order."""
+    seen: list[tuple[str, torch.nn.Conv2d, tuple[int, ...]]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, m, tuple(args[0].shape))))
+             for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: list[str] = BENCHED,
+                repeats: int = 5, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Every convolution of `net` at `input_shape`, timed with each algorithm that can compute it
+    (the same random input of the layer's shape and the layer's own weights), and the whole net's
+    forward + backward with its convolutions on each algorithm (the others on direct)."""
+    from cnnlab.conv.module import conv_padding, swap, why_not
+
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    net = net.to(dev)
+    x = torch.randn(*input_shape, generator=g).to(dev)
+    layers = []
+    with torch.no_grad():
+        for name, m, shape in conv_inputs(net, x):
+            xi = torch.randn(*shape, generator=g).to(dev)
+            args = (m.weight, m.bias, m.stride, conv_padding(m) if why_not("im2col", m) is None else m.padding, m.dilation)
+            ref = F.conv2d(xi.double(), *(a.double() if isinstance(a, torch.Tensor) else a for a in args), groups=m.groups)
+            flops = 2 * ref.numel() * m.weight[0].numel()
+            row: dict[str, Any] = {"layer": name, "input": list(shape), "weight": list(m.weight.shape),
+                                   "stride": list(m.stride), "groups": m.groups, "mflops": flops / 1e6, "ms": {},
+                                   "rel_error": {}, "unsupported": {}}
+            for alg_name in algorithms:
+                reason = why_not(alg_name, m)
+                if reason is not None:
+                    row["unsupported"][alg_name] = reason
+                    continue
+                if alg_name == "direct":
+                    fn = lambda: F.conv2d(xi, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)  # noqa: E731
+                else:
+                    alg = ALGORITHMS.get(alg_name)
+                    fn = lambda: alg(xi, *args)  # noqa: E731
+                y = fn()
+                row["ms"][alg_name] = seconds(fn, dev, repeats) * 1e3
+                row["rel_error"][alg_name] = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            layers.append(row)
+    totals = []
+    direct_all = sum(r["ms"]["direct"] for r in layers)
+    for alg_name in algorithms:
+        on = [r for r in layers if alg_name in r["ms"]]
+        ms = sum(r["ms"][alg_name] for r in on)
+        direct_on = sum(r["ms"]["direct"] for r in on)
+        net_alg = copy.deepcopy(net).train()
+        swap(net_alg, alg_name)
+
+        def step() -> None:
+            net_alg.zero_grad(set_to_none=True)
+            net_alg(x).float().sum().backward()
+
+        totals.append({"algorithm": alg_name, "layers": len(on), "of": len(layers), "ms": ms,
+                       "vs_direct": ms / direct_on if on and direct_on else None,
+                       "all_layers_ms": ms + direct_all - direct_on,  # unsupported layers on direct
+                       "net_fwd_bwd_ms": seconds(step, dev, repeats) * 1e3})
+    base = next(t["net_fwd_bwd_ms"] for t in totals if t["algorithm"] == "direct") if "direct" in algorithms else None
+    for t in totals:
+        t["net_vs_direct"] = t["net_fwd_bwd_ms"] / base if base else None
+    return {"input": list(input_shape), "layers": layers, "totals": totals}

@@ -1,5 +1,6 @@
 """`cnnlab bench-conv`: the convolution algorithms timed side by side on a sweep of layer shapes (or
-one shape), and the stacking comparison; bench_conv.json and bench_conv.png in a run folder."""
+one shape, or every convolution of a model), and the stacking comparison (optionally trained);
+bench_conv.json and bench_conv.png in a run folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,34 +9,106 @@ from typing import Any
 import torch
 
 from cnnlab import runinfo
-from cnnlab.conv.bench import SWEEP, bench_shape
+from cnnlab.conv.bench import SWEEP, bench_model, bench_shape
 from cnnlab.conv.stacking import compare
 from cnnlab.errors import UserError
+from cnnlab.models import MODELS, build_model
+from cnnlab.models.stacked import BLOCKS
+from cnnlab.recipe import Recipe, load as load_recipe
+
+STACKING_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "stacking.yaml"
 
 
-def parse_shape(text: str) -> tuple[int, int, int, int, int, int]:
-    """'N,C,H,W,K,k' -> six positive ints, or a UserError naming the value."""
+def parse_ints(text: str, n: int, flag: str, meaning: str, example: str) -> tuple[int, ...]:
+    """'a,b,...' -> n positive ints, or a UserError naming the flag and value."""
     try:
         parts = tuple(int(p) for p in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 6 or min(parts) < 1:
-        raise UserError(f"--shape {text!r}: expected six positive integers N,C,H,W,K,k (batch, in channels, "
-                        f"height, width, out channels, kernel size), e.g. 8,16,64,64,16,7")
-    return parts  # type: ignore[return-value]
+    if len(parts) != n or min(parts) < 1:
+        raise UserError(f"{flag} {text!r}: expected {n} positive integers {meaning}, e.g. {example}")
+    return parts
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int, int]:
+    return parse_ints(text, 6, "--shape", "N,C,H,W,K,k (batch, in channels, height, width, out channels, kernel size)",
+                      "8,16,64,64,16,7")  # type: ignore[return-value]
+
+
+def parse_input(text: str) -> tuple[int, int, int, int]:
+    return parse_ints(text, 4, "--input", "N,C,H,W (batch, channels, height, width)", "1,3,224,224")  # type: ignore[return-value]
+
+
+def model_net(name: str, shape: tuple[int, int, int, int]) -> torch.nn.Module:
+    """A registered or torchvision:<name> model with random weights, for `shape`'s channels, that
+    trains on a batch of `shape` (the net's forward+backward is timed in training mode)."""
+    try:
+        MODELS.get(name)
+    except KeyError as e:
+        raise UserError(f"--model: {e.args[0]}") from None
+    net = build_model(name, shape[1], 10)
+    try:
+        with torch.no_grad():
+            net.train()(torch.randn(*shape))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"--input {','.join(map(str, shape))}: {name} cannot run on it ({first})") from None
+    return net
+
+
+def stacking_recipes(recipe: Path | None, overrides: list[str]) -> list[tuple[str, Recipe]]:
+    """One `cnnlab train` recipe per block type: `recipe` (default recipes/stacking.yaml) with
+    model.name set to vgg-<block>; all validated before anything runs."""
+    from cnnlab.tasks.train import require_one_process
+
+    path = recipe or STACKING_RECIPE
+    out = []
+    for block in BLOCKS:
+        r = load_recipe(path, [*overrides, f"model.name=vgg-{block}"], preflight=True)
+        require_one_process(r, "bench-conv --train")
+        out.append((block, r))
+    return out
+
+
+def train_blocks(recipes: list[tuple[str, Recipe]], folder: Path, progress: bool) -> list[dict[str, Any]]:
+    """`cnnlab train` of each vgg-<block> into `folder`; accuracy, size and speed side by side."""
+    from cnnlab.tasks import train
+
+    rows = []
+    for block, r in recipes:
+        r.output.dir, r.output.name = str(folder), f"train-{block}"
+        res = train.run(r, progress=progress)
+        rows.append({"block": block, "model": r.model.name, "test_acc": res["test_acc"], "test_loss": res["test_loss"],
+                     "parameters": res["parameters"], "epochs": res["epochs"], "wall_time_s": res["wall_time_s"],
+                     "train_images_per_s": res.get("train_images_per_s"), "run_dir": res["run_dir"]})
+    return rows
 
 
 def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, device: str = "cpu",
-        out_dir: str = "runs") -> dict[str, Any]:
+        out_dir: str = "runs", model: str | None = None, input: str = "1,3,224,224", train: bool = False,
+        recipe: Path | None = None, overrides: list[str] = (), progress: bool = True) -> dict[str, Any]:
+    """Everything is checked (device, shapes, model, recipes) before the run folder is made."""
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise UserError(f"--device {device}: no CUDA device here; use --device cpu")
-    shapes = [parse_shape(shape)] if shape else SWEEP
+    if shape and model:
+        raise UserError("--shape and --model: give one (a layer shape, or a model whose layers are timed)")
+    if train and not stacking:
+        raise UserError("--train trains the stacking variants: add --stacking")
+    if (recipe or overrides) and not train:
+        raise UserError("--recipe and --set configure --train's runs: add --stacking --train")
+    net = model_net(model, parse_input(input)) if model else None
+    shapes = [] if model else [parse_shape(shape)] if shape else SWEEP
+    trained = stacking_recipes(recipe, list(overrides)) if train else []
     folder = runinfo.new_run_dir(out_dir, "bench-conv")
-    rows = [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)]
-    results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats, "rows": rows,
+    results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
+                               "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
                                "torch_threads": torch.get_num_threads(), "versions": runinfo.versions()}
+    if net is not None:
+        results["model"] = {"name": model, **bench_model(net, parse_input(input), repeats=repeats, device=device)}
     if stacking:
         results["stacking"] = compare(repeats=repeats, device=device)
+    if trained:
+        results["stacking_train"] = train_blocks(trained, folder, progress)
     runinfo.write_json(folder / "bench_conv.json", results)
     from cnnlab.report import plot_bench_conv
 
