@@ -296,3 +296,17 @@ def test_bench_conv_model_and_train_errors_exit_2_before_any_folder(cli, args, m
     res = cli("bench-conv", *args, "--out", str(cli.runs))
     assert res.exit_code == 2 and message in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
     assert not cli.runs.exists()
+
+
+def test_fft_transform_sizes_are_the_next_5_smooth_number():
+    from cnnlab.conv.algorithms import smooth
+
+    def five_smooth(n):
+        for f in (2, 3, 5):
+            while n % f == 0:
+                n //= f
+        return n == 1
+
+    assert [smooth(n) for n in (1, 7, 11, 58, 64, 74)] == [1, 8, 12, 60, 64, 75]
+    for n in range(1, 300):
+        assert five_smooth(smooth(n)) and not any(five_smooth(m) for m in range(n, smooth(n)))
