@@ -375,7 +375,7 @@ def _model_tables(r: dict[str, Any]) -> None:
                     f"({r['device']}, median of {r['repeats']}; ms per forward)", title_justify="left")
     t.add_column("layer", no_wrap=True)
     t.add_column("weight", no_wrap=True)
-    t.add_column("MFLOP", justify="right")
+    t.add_column("MFLOP", justify="right", no_wrap=True)
     for a in algs:
         t.add_column(a, justify="right", no_wrap=True)
     for x in m["layers"]:
