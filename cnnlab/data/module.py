@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -178,6 +179,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.spec, self.seed, self.train_transform = spec, seed, train_transform
         self.train: Split | None = None
         self.skipped: list[dict[str, str]] = []  # image files left out as unreadable (data.bad_images: skip)
+        self.load_s = 0.0  # seconds to read both splits
+        self.files: dict = {"sizes": [], "cached": False}  # image files: original sizes, whether from the cache
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -185,8 +188,11 @@ class ImageDataModule(pl.LightningDataModule):
         s = self.spec
         load = SOURCES.get(s.source)
         root = Path(s.root) if s.root else None
-        full, test = load(root, "train"), load(root, "test")
+        t0 = time.perf_counter()
+        full, test = load(root, "train", s.decode()), load(root, "test", s.decode())
+        self.load_s = time.perf_counter() - t0
         self.skipped = unreadable(full, test, policy=s.bad_images)
+        self.files = {"sizes": full.sizes + test.sizes, "cached": full.cached and test.cached}
         full, test = select_classes(full, s.classes), select_classes(test, s.classes)
         full = _take(full, per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
         test = _take(test, per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
@@ -240,3 +246,36 @@ class ImageDataModule(pl.LightningDataModule):
 
 def _take(split: Split, idx: Tensor) -> Split:
     return Split(split.images[idx], split.labels[idx], split.classes)
+
+
+IMBALANCE = 2.0  # largest / smallest training class at which the data report warns
+
+
+def describe(dm: ImageDataModule) -> dict:
+    """The data report (results.json["data"]): images per class and split, files skipped and why,
+    the original size range of image files, how long loading took, and warnings (class imbalance,
+    classes without test images)."""
+    def per_class(split: Split) -> dict[str, int]:
+        return {c: int((split.labels == i).sum()) for i, c in enumerate(split.classes)}
+
+    splits = {name: per_class(s) for name, s in (("train", dm.train), ("val", dm.val), ("test", dm.test))}
+    out: dict = {"source": dm.spec.source, "shape": list(dm.train.images.shape[1:]), "load_s": round(dm.load_s, 3),
+                 "splits": splits, "skipped": dm.skipped, "warnings": []}
+    files = dm.files
+    if files["sizes"]:
+        ws, hs = [w for w, _ in files["sizes"]], [h for _, h in files["sizes"]]
+        px = sorted(files["sizes"], key=lambda s: s[0] * s[1])
+        out["files"] = {"decoded": len(files["sizes"]), "cached": files["cached"], "width": [min(ws), max(ws)],
+                        "height": [min(hs), max(hs)], "smallest": list(px[0]), "largest": list(px[-1]),
+                        "resize": dm.spec.decode().resize}
+    fit = {c: splits["train"][c] + splits["val"][c] for c in splits["train"]}
+    big, small = max(fit, key=fit.get), min(fit, key=fit.get)
+    if fit[small] == 0 or fit[big] / fit[small] >= IMBALANCE:
+        ratio = f"{fit[big] / fit[small]:.1f}x" if fit[small] else "none of the other"
+        out["warnings"].append(f"class imbalance: '{big}' has {fit[big]} training images, '{small}' {fit[small]} ({ratio}); "
+                               "accuracy will favour the larger classes: data.subset caps every class at one count, "
+                               "and per_class_acc shows each")
+    empty = [c for c, n in splits["test"].items() if n == 0]
+    if empty:
+        out["warnings"].append(f"no test images for {', '.join(map(repr, empty))}: their accuracy is not measured")
+    return out

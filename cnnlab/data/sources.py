@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.data.images import Decode, decode_files
 from cnnlab.errors import UserError
 from cnnlab.registry import Registry
 
@@ -20,7 +19,6 @@ FASHION_MNIST_ROOTS = (Path("/usr/share/datasets/fashion-mnist"), Path("data/fas
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MAX_PIXELS = 8192 * 8192  # 67M px (200 MB decoded as RGB uint8): a larger header is refused before decoding
 
 
 @dataclass
@@ -29,9 +27,11 @@ class Split:
     labels: Tensor  # (N,) int64
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): image files left out, unreadable
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # image files: each one's original (width, height)
+    cached: bool = False  # image files: decoded tensors read from the cache
 
 
-Source = Callable[[Path | None, str], Split]
+Source = Callable[[Path | None, str, Decode], Split]  # sources of fixed-size arrays ignore Decode
 SOURCES: Registry[Source] = Registry("data source")
 
 
@@ -65,7 +65,7 @@ def _find_idx(root: Path, stem: str) -> Path | None:
 
 
 @SOURCES.register("fashion-mnist")
-def fashion_mnist(root: Path | None, split: str) -> Split:
+def fashion_mnist(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     """Zalando's Fashion-MNIST: 60k/10k 28x28 grayscale images of 10 clothing classes."""
     roots = [Path(root)] if root else [Path(os.environ["CNNLAB_FASHION_MNIST"])] if "CNNLAB_FASHION_MNIST" in os.environ else list(FASHION_MNIST_ROOTS)
     prefix = "train" if split == "train" else "t10k"
@@ -84,7 +84,7 @@ def fashion_mnist(root: Path | None, split: str) -> Split:
 
 
 @SOURCES.register("digits")
-def digits(root: Path | None, split: str) -> Split:
+def digits(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     """scikit-learn's 8x8 handwritten digits (1797 images); a fixed seeded 80/20 split."""
     from sklearn.datasets import load_digits
 
@@ -97,51 +97,18 @@ def digits(root: Path | None, split: str) -> Split:
     return Split(x[idx], y[idx], [str(i) for i in range(10)])
 
 
-class UnreadableImage(Exception):
-    """An image file that cannot be decoded; the message says why."""
-
-
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """(3, H, W) uint8 of an image file, or UnreadableImage. PIL's `open` reads only the header, so
-    the size is checked before a single pixel is decoded; decoding errors never escape as tracebacks."""
-    from PIL import Image
-
-    if path.stat().st_size == 0:
-        raise UnreadableImage("empty file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning and palette notes: handled here
-        try:
-            im = Image.open(path)
-        except Image.UnidentifiedImageError:
-            raise UnreadableImage("not an image (no format PIL knows)") from None
-        except Image.DecompressionBombError as e:  # PIL's own header check, at a limit far above max_pixels
-            claimed = re.search(r"\((\d+) pixels\)", str(e))
-            size = f"{int(claimed[1]):,} px" if claimed else "its size"
-            raise UnreadableImage(f"{size} is over the limit of {max_pixels:,} px") from None
-        except Exception as e:
-            raise UnreadableImage(f"not an image ({type(e).__name__}: {e})") from None
-        with im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise UnreadableImage(f"{w}x{h} px is over the limit of {max_pixels:,} px")
-            try:
-                rgb = im.convert("RGB")  # decodes; grey and palette images become 3 channels
-            except Exception as e:
-                raise UnreadableImage(f"truncated or corrupt ({type(e).__name__}: {e})") from None
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-
-
 def _class_folders(base: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 @SOURCES.register("imagefolder")
-def imagefolder(root: Path | None, split: str) -> Split:
+def imagefolder(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     """Class-per-folder images: <root>/train/<class>/* and <root>/test/<class>/* (the test split's
     labels follow the training split's class names; a test class missing is fine, an unknown one is
-    an error), or <root>/<class>/* for both splits, cut 80/20 with a fixed seed. Images are decoded at
-    native size (resizing happens later); files that cannot be decoded are left out and listed in
-    `Split.skipped` (the data module decides, by data.bad_images, whether that is an error)."""
+    an error), or <root>/<class>/* for both splits, cut 80/20 by file with a fixed seed. Only the
+    split's files are decoded, each straight to `decode.size` (see data/images.py); files that cannot
+    be decoded are left out and listed in `Split.skipped` (the data module decides, by
+    data.bad_images, whether that is an error)."""
     if root is None or not Path(root).is_dir():
         raise UserError(f"data.root: imagefolder needs an existing folder, got {root}")
     root = Path(root)
@@ -166,38 +133,31 @@ def imagefolder(root: Path | None, split: str) -> Split:
     if unknown:
         raise UserError(f"data.root: class '{unknown[0]}' ({base / unknown[0]}) is not a class of the training "
                         f"split; training classes: {', '.join(classes)}")
-    images, labels, skipped = [], [], []
+    files, labels = [], []
     for name in folders:
-        files = [f for f in sorted((base / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-        if not files:
+        found = [f for f in sorted((base / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        if not found:
             raise UserError(f"data.root: class folder {base / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        bad = []
-        for f in files:
-            try:
-                images.append(read_image(f))
-                labels.append(classes.index(name))
-            except UnreadableImage as e:
-                bad.append((str(f), str(e)))
-        if len(bad) == len(files):
-            raise UserError(f"data.root: no readable images in {base / name} ({len(bad)} unreadable, "
+        files += found
+        labels += [classes.index(name)] * len(found)
+    if base is root:  # one folder for both splits: the split's share of the files, by a fixed seed
+        perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+        n_test = max(1, len(files) // 5)
+        keep = sorted(perm[n_test:] if split == "train" else perm[:n_test])
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    d = decode_files(files, decode)
+    y = torch.tensor([labels[i] for i in d.ok], dtype=torch.int64)
+    label_of = dict(zip(map(str, files), labels))
+    for c in sorted(set(labels)):
+        if not (y == c).any():
+            bad = [b for b in d.bad if label_of[b[0]] == c]
+            raise UserError(f"data.root: no readable images in {base / classes[c]} ({len(bad)} unreadable, "
                             f"e.g. {bad[0][0]}: {bad[0][1]})")
-        skipped += bad
-    sizes = {tuple(im.shape[-2:]) for im in images}
-    side = max(max(s) for s in sizes)
-    # different sizes: resize each to the largest side now so they stack; data.image_size applies after
-    x = torch.stack([resize(im.unsqueeze(0), side)[0] if tuple(im.shape[-2:]) != (side, side) else im
-                     for im in images])
-    y = torch.tensor(labels, dtype=torch.int64)
-    if base is root:
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        n_test = max(1, len(y) // 5)
-        idx = perm[n_test:] if split == "train" else perm[:n_test]
-        x, y = x[idx], y[idx]
-    return Split(x, y, classes, skipped)
+    return Split(d.images, y, classes, d.bad, d.sizes, d.cached)
 
 
 @SOURCES.register("cifar10")
-def cifar10(root: Path | None, split: str) -> Split:
+def cifar10(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     """CIFAR-10 from torchvision's files under a user root (no download is attempted)."""
     from torchvision.datasets import CIFAR10
 

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from cnnlab.data.images import Decode
 from cnnlab.data.sources import SOURCES
 from cnnlab.spec import Problem, Spec, known
 
@@ -22,16 +23,27 @@ class DataSpec(Spec):
     batch_size: int = Field(256, ge=1)  # images per step, all processes together (each takes batch_size / processes)
     num_workers: int = Field(0, ge=0)  # DataLoader workers (0: in-memory batches, fastest here)
     bad_images: Literal["error", "skip"] = "error"  # imagefolder: an unreadable image file stops the run, or is left out and listed
+    resize: Literal["shorter", "longer", "stretch"] | None = None  # imagefolder: shorter (default) side to image_size + centre crop; longer + pad; stretch
+    channels: Literal[1, 3] | None = None  # imagefolder: 3 = RGB (default), 1 = luma
+    cache_dir: str | None = ".cache/images"  # imagefolder: decoded tensors, beside .cache/features; None = decode every run
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
         return known(SOURCES, v)
 
+    def decode(self) -> Decode:
+        """How an image-file source decodes: straight to image_size, by the resize policy."""
+        return Decode(size=self.image_size, resize=self.resize or "shorter", channels=self.channels or 3,
+                      cache_dir=self.cache_dir)
+
     def cross_checks(self) -> list[Problem]:
         out: list[Problem] = []
         if self.source == "imagefolder" and self.image_size is None:
             out.append((("image_size",), "imagefolder needs an image_size (images are resized to a square)"))
+        for key in ("resize", "channels"):
+            if getattr(self, key) is not None and self.source != "imagefolder":
+                out.append(((key,), f"applies to image files (source imagefolder); {self.source} images come at a fixed size and channel count"))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             out.append((("classes",), f"class ids must be distinct, got {self.classes}"))
         return out
