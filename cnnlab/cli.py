@@ -66,7 +66,7 @@ def train(
 
     if resume is not None:
         task.check_resume_overrides(set_ or [])
-    results = task.run(r, resume=resume, resume_overrides=set_ or [])
+    results = task.run(r, resume=resume, resume_overrides=set_ or [], on_data=report.data_summary)
     if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
         report.train_summary(results)
 
@@ -135,7 +135,7 @@ def finetune(
     if sweep:
         report.sweep_summary(task.sweep(loaded))
     else:
-        report.finetune_summary(task.run(loaded[0][1]))
+        report.finetune_summary(task.run(loaded[0][1], on_data=report.data_summary))
 
 
 @app.command("eval-tta")

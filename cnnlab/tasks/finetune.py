@@ -16,7 +16,7 @@ from cnnlab import runinfo
 from cnnlab.augment import build_pipeline
 from cnnlab.augment.loader import per_sample_transform
 from cnnlab.data import ImageDataModule, Split
-from cnnlab.data.module import per_class
+from cnnlab.data.module import describe, per_class
 from cnnlab.errors import UserError
 from cnnlab.lit import Classifier, build_trainer
 from cnnlab.recipe import Recipe
@@ -133,8 +133,9 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     t0 = time.perf_counter()
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
-        key = cache_key(bb, recipe.data, recipe.seed, data.image_size)
-        feats, cache_hit = cached_features(bb, {"train": data.train, "val": data.val, "test": data.test}, key,
+        splits = {"train": data.train, "val": data.val, "test": data.test}
+        key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits)
+        feats, cache_hit = cached_features(bb, splits, key,
                                            spec.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator, progress)
         cols = tap_slices(bb.channels, plan.taps)
         fit_data = _features_data(recipe, data, feats, cols)
@@ -203,11 +204,16 @@ def _meta(recipe: Recipe, source: Source) -> dict[str, Any]:
             "declared_similar": source.spec.similar, "stage_channels": source.backbone.channels}
 
 
-def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results."""
+def run(recipe: Recipe, regime: str | None = None, progress: bool = True,
+        on_data: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results.
+    `on_data` gets the data report as soon as the data is loaded."""
     require_one_process(recipe, "finetune")
     source = load_source(recipe)
     data = load_data(recipe, source)
+    data_report = describe(data)
+    if on_data is not None:
+        on_data(data_report)
     chosen, why, sim = resolve(regime or source.spec.regime, recipe, source, data)
     run_dir = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "finetune")
     runinfo.write_recipe(run_dir, recipe.dump())
@@ -216,7 +222,7 @@ def run(recipe: Recipe, regime: str | None = None, progress: bool = True) -> dic
     results = {"run_dir": str(run_dir), **_meta(recipe, source), "asked": regime or source.spec.regime,
                "why": why, "similar": sim.similar if sim else source.spec.similar,
                "similarity": asdict(sim) if sim else None, **r, "wall_time_s": time.perf_counter() - t0,
-               "skipped_images": data.skipped, "versions": runinfo.versions(), "seed": recipe.seed}
+               "skipped_images": data.skipped, "data": data_report, "versions": runinfo.versions(), "seed": recipe.seed}
     runinfo.write_json(run_dir / "results.json", results)
     return results
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -15,7 +15,7 @@ from cnnlab.augment.loader import per_sample_transform
 from cnnlab.conv.module import summary, swap
 from cnnlab.data import ImageDataModule
 from cnnlab.errors import UserError
-from cnnlab.data.module import per_process_batch
+from cnnlab.data.module import describe, per_process_batch
 from cnnlab.lit import PER_CLASS, Classifier, build_trainer
 from cnnlab.models import build_model
 from cnnlab.recipe import Recipe
@@ -104,9 +104,11 @@ def _tta(recipe: Recipe, a: Assembled, ckpt: Path, run_dir: Path, progress: bool
 
 
 def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback] = (),
-        progress: bool = True, resume_overrides: list[str] = ()) -> dict[str, Any] | None:
+        progress: bool = True, resume_overrides: list[str] = (),
+        on_data: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Train, test the best checkpoint, write the run folder; returns results.json's content on
-    global rank 0 (None on the other processes of a data-parallel run, which write nothing)."""
+    global rank 0 (None on the other processes of a data-parallel run, which write nothing).
+    `on_data` gets the data report as soon as the data is loaded (on global rank 0)."""
     a = assemble(recipe)
     if recipe.eval.tta:  # views that do not fit the images: an error before any folder is made
         from cnnlab.tasks.eval_tta import checked
@@ -117,6 +119,9 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     folder = runinfo.RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
     trainer = build_trainer(recipe, folder, [runinfo.Throughput(), *callbacks], has_val=has_val, progress=progress)
     per_process_batch(recipe.data.batch_size, trainer.world_size)  # before any folder is made
+    data_report = describe(a.data)
+    if on_data is not None and runinfo.launch_rank(trainer) == 0:
+        on_data(data_report)
     if resume is None and runinfo.launch_rank(trainer) == 0:
         folder.path = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "run")
         runinfo.write_recipe(folder.path, recipe.dump())  # a resumed run keeps the one it started with
@@ -146,6 +151,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "global_batch": recipe.data.batch_size,
         "images": {"train": len(a.data.train.labels), "val": len(a.data.val.labels), "test": len(a.data.test.labels)},
         "skipped_images": a.data.skipped,
+        "data": data_report,
         "parameters": sum(p.numel() for p in a.module.net.parameters()),
         "device": runinfo.device_info(trainer),
         "precision": recipe.trainer.precision,
