@@ -356,7 +356,7 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     data = ft.load_data(r, source)
     splits = {"train": data.train, "test": data.test}
     cache = tmp_path / "features"
-    key = cache_key(source.backbone, r.data, r.seed, data.image_size)
+    key = cache_key(source.backbone, r.data, r.seed, data.image_size, splits)
     first, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
     assert not hit and len(list(cache.iterdir())) == 1
     again, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
@@ -371,10 +371,14 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     resized = r.model_copy(deep=True)
     resized.data.image_size = 32
     assert cache_key(source.backbone, resized.data, r.seed, 32) != key
-    assert cache_key(source.backbone, r.data, r.seed + 1, data.image_size) != key
+    assert cache_key(source.backbone, r.data, r.seed + 1, data.image_size, splits) != key
+    assert cache_key(source.backbone, r.data, r.seed, data.image_size, splits) == key
+    edited = {**splits, "test": ft.Split(data.test.images.clone(), data.test.labels, data.test.classes)}
+    edited["test"].images[0, 0, 0, 0] ^= 1  # one pixel of one image: an image file changed in place
+    assert cache_key(source.backbone, r.data, r.seed, data.image_size, edited) != key
     (tmp_path / "copy.ckpt").write_bytes(_perturbed(source_run))
     other = ft.load_source(tiny_recipe(source_run, tmp_path, weights=str(tmp_path / "copy.ckpt")))
-    assert cache_key(other.backbone, r.data, r.seed, data.image_size) != key
+    assert cache_key(other.backbone, r.data, r.seed, data.image_size, splits) != key
     r32 = tiny_recipe(source_run, tmp_path)
     r32.data.image_size = 32
     _, hit = cached_features(source.backbone, splits, cache_key(source.backbone, r32.data, r.seed, 32), str(cache), 16, "cpu")

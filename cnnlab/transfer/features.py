@@ -3,7 +3,8 @@
 When every stage the head reads is frozen (`linear`, `stages`), the backbone's output for an image
 never changes: pass every image through it once, keep the pooled taps, and train the head on those.
 The cache key is a hash of everything that decides the features: backbone identity (name + weights
-file digest), the data selection (source, classes, subsets, split, seed) and the preprocessing
+file digest), the data selection (source, classes, subsets, split, seed), a hash of the images
+themselves (a photo edited in place, or decoded another way, is a miss) and the preprocessing
 (image size, normalisation, channel repeat). Change any of them and the key changes (a miss).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cnnlab.data.sources import Split
 from cnnlab.transfer.backbones import Backbone
 from cnnlab.transfer.regimes import TransferNet
 
-CACHE_VERSION = 2  # bump when the way features (or the images behind a key) are computed changes
+CACHE_VERSION = 3  # bump when the way features (or the images behind a key) are computed changes
 
 
 class _Extractor(pl.LightningModule):
@@ -38,10 +39,16 @@ class _Extractor(pl.LightningModule):
         return self.net.pooled(x.contiguous(memory_format=torch.channels_last))
 
 
-def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int) -> str:
+def digest(t: Tensor) -> str:
+    """A hash of a tensor's bytes: the images behind a key, so that a changed photo is a miss."""
+    return hashlib.blake2b(t.contiguous().numpy().data, digest_size=16).hexdigest()
+
+
+def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int, splits: dict[str, Split] | None = None) -> str:
     d = data_spec
     key = {"version": CACHE_VERSION, "backbone": backbone.identity, "taps": "all",
            "data": [d.source, d.root, d.classes, d.subset, d.test_subset, d.val_split, seed],
+           "images": {name: digest(s.images) for name, s in sorted((splits or {}).items())},
            "preprocessing": {"image_size": image_size, "mean": backbone.mean, "std": backbone.std,
                              "in_channels": backbone.in_channels}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
