@@ -207,14 +207,14 @@ def _meta(recipe: Recipe, source: Source) -> dict[str, Any]:
 def run(recipe: Recipe, regime: str | None = None, progress: bool = True,
         on_data: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results.
-    `on_data` gets the data report as soon as the data is loaded."""
+    `on_data` gets the data report once the data is loaded and checked."""
     require_one_process(recipe, "finetune")
     source = load_source(recipe)
     data = load_data(recipe, source)
-    data_report = describe(data)
-    if on_data is not None:
-        on_data(data_report)
     chosen, why, sim = resolve(regime or source.spec.regime, recipe, source, data)
+    data_report = describe(data)
+    if on_data is not None:  # once every check has passed
+        on_data(data_report)
     run_dir = runinfo.new_run_dir(recipe.output.dir, recipe.output.name or "finetune")
     runinfo.write_recipe(run_dir, recipe.dump())
     t0 = time.perf_counter()
