@@ -258,3 +258,13 @@ output: {{dir: {cli.runs}}}
     assert res.exit_code == 2 and str(bad) in res.output and "Traceback" not in res.output
     assert res.output.strip().count("\n") == 0, res.output
     assert not cli.runs.exists()
+
+
+def test_channel_stats_in_chunks_match_the_whole_tensor_computation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (130, 3, 9, 9), generator=g, dtype=torch.uint8)  # 64 + 64 + 2 images
+    mean, std = channel_stats(x)
+    ref = x.double().div(255).transpose(0, 1).flatten(1)
+    assert torch.allclose(mean.double(), ref.mean(1), atol=1e-7) and torch.allclose(std.double(), ref.std(1), atol=1e-7)
+    f = torch.randn(70, 2, 4, 4, generator=g) * 3 + 1  # float data (cached features) as it is
+    assert torch.allclose(channel_stats(f)[0], f.transpose(0, 1).flatten(1).mean(1), atol=1e-6)
