@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import resource
 import sys
@@ -146,6 +147,15 @@ def write_text(path: Path, text: str) -> None:
     """Written under a temporary name and renamed: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_tensors(path: Path, data: dict) -> None:
+    """torch.save under a temporary name (this process's own), then a rename: a cache file is whole
+    or absent, even with two runs filling the same cache at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
     tmp.replace(path)
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from cnnlab.errors import UserError
+from cnnlab.runinfo import save_tensors
 
 MAX_PIXELS = 8192 * 8192  # 67M px (200 MB decoded as RGB uint8): a larger header is refused before decoding
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
@@ -123,8 +125,6 @@ def read_image(path: Path, d: Decode = Decode()) -> tuple[Tensor, tuple[int, int
                 if d.size is not None:
                     out = _fit(out, d.size, d.resize)
                 a = np.asarray(out)
-            except UnreadableImage:
-                raise
             except Exception as e:
                 raise UnreadableImage(f"truncated or corrupt ({type(e).__name__}: {e})") from None
     x = torch.from_numpy(a.copy())
@@ -172,8 +172,7 @@ def decode_files(files: list[Path], d: Decode) -> Decoded:
             return Decoded(c["images"], c["ok"], [tuple(s) for s in c["sizes"]], [tuple(b) for b in c["bad"]], True)
         except Exception:  # a damaged cache file is decoded again and rewritten
             pass
-    out: Tensor | None = None
-    native: list[Tensor] = []
+    out: Tensor | None = None  # (len(files), C, S, S), allocated at the first decoded image
     ok, sizes, bad = [], [], []
     with ThreadPoolExecutor(max_workers=workers()) as pool, _progress(len(files)) as advance:
         for i, r in enumerate(pool.map(lambda f: _safe_read(f, d), files)):
@@ -182,35 +181,22 @@ def decode_files(files: list[Path], d: Decode) -> Decoded:
                 bad.append((str(files[i]), r))
                 continue
             x, wh = r
-            if d.size is None:
-                native.append(x)
-            else:
-                if out is None:
-                    out = torch.empty((len(files), *x.shape), dtype=torch.uint8)
-                out[len(ok)] = x
+            if out is None:
+                out = torch.empty((len(files), *x.shape), dtype=torch.uint8)
+            elif x.shape != out.shape[1:]:  # only at native size (d.size None)
+                raise UserError(f"data.image_size: {files[i]} is {x.shape[2]}x{x.shape[1]} px, {files[ok[0]]} "
+                                f"{out.shape[3]}x{out.shape[2]}; images of different sizes need an image_size")
+            out[len(ok)] = x
             ok.append(i)
             sizes.append(wh)
-    if d.size is None:
-        shapes = {tuple(x.shape) for x in native}
-        if len(shapes) > 1:
-            raise UserError(f"images of {len(shapes)} different sizes need data.image_size (e.g. {sorted(shapes)[:2]})")
-        images = torch.stack(native) if native else torch.empty(0, d.channels, 1, 1, dtype=torch.uint8)
-    elif out is None:
-        images = torch.empty(0, d.channels, d.size, d.size, dtype=torch.uint8)
+    if out is None:
+        images = torch.empty(0, d.channels, d.size or 1, d.size or 1, dtype=torch.uint8)
     else:
         images = out[: len(ok)].clone() if bad else out  # a clone frees the rows of unreadable files
     decoded = Decoded(images, ok, sizes, bad)
-    if path is not None:
-        _write_cache(path, decoded)
+    if path is not None and rank_zero_only.rank == 0:  # the other processes of a parallel run decode, never write
+        save_tensors(path, {"images": images, "ok": ok, "sizes": [list(s) for s in sizes], "bad": [list(b) for b in bad]})
     return decoded
-
-
-def _write_cache(path: Path, d: Decoded) -> None:
-    """Atomically: a temporary name, then a rename, so no reader ever sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"images": d.images, "ok": d.ok, "sizes": [list(s) for s in d.sizes], "bad": [list(b) for b in d.bad]}, tmp)
-    os.replace(tmp, path)
 
 
 class _progress:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.data.sources import Split
+from cnnlab.runinfo import save_tensors
 from cnnlab.transfer.backbones import Backbone
 from cnnlab.transfer.regimes import TransferNet
 
@@ -87,10 +88,7 @@ def cached_features(backbone: Backbone, splits: dict[str, Split], key: str, cach
             return {n: stored[n] for n in splits}, True
     feats = extract(backbone, splits, batch_size, accelerator, progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"key": key, "backbone": backbone.identity, **feats}, tmp)
-        tmp.replace(path)
+        save_tensors(path, {"key": key, "backbone": backbone.identity, **feats})
     return feats, False
 
 
