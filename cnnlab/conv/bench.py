@@ -100,8 +100,7 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
     with torch.no_grad():
         for name, m, shape in conv_inputs(net, x):
             xi = torch.randn(*shape, generator=g).to(dev)
-            args = (m.weight, m.bias, m.stride, conv_padding(m) if why_not("im2col", m) is None else m.padding, m.dilation)
-            ref = F.conv2d(xi.double(), *(a.double() if isinstance(a, torch.Tensor) else a for a in args), groups=m.groups)
+            ref = torch.nn.Conv2d.forward(copy.deepcopy(m).double(), xi.double())  # any padding mode, groups
             flops = 2 * ref.numel() * m.weight[0].numel()
             row: dict[str, Any] = {"layer": name, "input": list(shape), "weight": list(m.weight.shape),
                                    "stride": list(m.stride), "groups": m.groups, "mflops": flops / 1e6, "ms": {},
@@ -111,11 +110,11 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
                 if reason is not None:
                     row["unsupported"][alg_name] = reason
                     continue
-                if alg_name == "direct":
-                    fn = lambda: F.conv2d(xi, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)  # noqa: E731
+                if alg_name == "direct":  # the layer as PyTorch computes it
+                    fn = lambda: torch.nn.Conv2d.forward(m, xi)  # noqa: E731
                 else:
-                    alg = ALGORITHMS.get(alg_name)
-                    fn = lambda: alg(xi, *args)  # noqa: E731
+                    alg, pad = ALGORITHMS.get(alg_name), conv_padding(m)
+                    fn = lambda: alg(xi, m.weight, m.bias, m.stride, pad, m.dilation)  # noqa: E731
                 y = fn()
                 row["ms"][alg_name] = seconds(fn, dev, repeats) * 1e3
                 row["rel_error"][alg_name] = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))

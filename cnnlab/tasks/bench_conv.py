@@ -96,7 +96,8 @@ def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, devi
         raise UserError("--train trains the stacking variants: add --stacking")
     if (recipe or overrides) and not train:
         raise UserError("--recipe and --set configure --train's runs: add --stacking --train")
-    net = model_net(model, parse_input(input)) if model else None
+    in_shape = parse_input(input) if model else None
+    net = model_net(model, in_shape) if model else None
     shapes = [] if model else [parse_shape(shape)] if shape else SWEEP
     trained = stacking_recipes(recipe, list(overrides)) if train else []
     folder = runinfo.new_run_dir(out_dir, "bench-conv")
@@ -104,7 +105,7 @@ def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, devi
                                "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
                                "torch_threads": torch.get_num_threads(), "versions": runinfo.versions()}
     if net is not None:
-        results["model"] = {"name": model, **bench_model(net, parse_input(input), repeats=repeats, device=device)}
+        results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
     if stacking:
         results["stacking"] = compare(repeats=repeats, device=device)
     if trained:
