@@ -165,3 +165,24 @@ def test_a_run_on_photos_reports_its_data(cli, tmp_path, photos):
     d = json.loads((run / "results.json").read_text())["data"]
     assert d["splits"]["train"] == {"china": 6, "flower": 2} and d["files"]["width"] == [350, 400]
     assert d["skipped"][0]["file"].endswith("broken.jpg") and d["files"]["resize"] == "shorter"
+
+
+def test_image_keys_are_refused_for_fixed_size_sources_and_cache_dir_null_writes_nothing(tmp_path, photos, monkeypatch):
+    from cnnlab import recipe as rc
+    from cnnlab.data import ImageDataModule
+    from cnnlab.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"data.resize \(--set\): applies to image files \(source imagefolder\)"):
+        rc.load(None, ["data.resize=longer"])
+    with pytest.raises(RecipeError, match=r"data.channels \(--set\): applies to image files"):
+        rc.load(None, ["data.channels=1"])
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / split / str(c)).mkdir(parents=True)
+            photos[c].resize((40, 30)).save(tmp_path / split / str(c) / "0.jpg")
+    monkeypatch.chdir(tmp_path)
+    r = rc.load(None, ["data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=8", "data.channels=1",
+                       "data.resize=stretch", "data.cache_dir=null", "data.val_split=0"])
+    dm = ImageDataModule(r.data)
+    dm.setup()
+    assert dm.train.images.shape == (2, 1, 8, 8) and not (tmp_path / ".cache").exists()
