@@ -7,7 +7,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from cnnlab.errors import UserError
+from cnnlab.errors import Diverged, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ConvNets in practice: train, fine-tune, augment, test-time augment, benchmark convolutions.")
@@ -16,7 +16,8 @@ Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override 
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Report UserError (bad file, key or value) as `error: ...` with exit code 2, no traceback."""
+    """Report UserError (bad file, key or value) as `error: ...` with exit code 2, and a run that
+    diverged (non-finite loss or gradients) with exit code 3; no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,6 +28,9 @@ def user_errors(fn: Callable) -> Callable:
         except UserError as e:
             report.error(str(e))
             raise typer.Exit(2) from None
+        except Diverged as e:  # not the user's input: the run stopped, its last finite state saved
+            report.error(str(e))
+            raise typer.Exit(3) from None
 
     return wrapper
 

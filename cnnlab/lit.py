@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.errors import Diverged
+from cnnlab.precision import LowPrecision, LowPrecisionAdamW, LowPrecisionSGD, check_finite
+from cnnlab.precision.finite import diverged_message
 from cnnlab.runinfo import MetricsCSV, RunFolder
 from cnnlab.spec import OptimSpec, ScheduleSpec, Training as Recipe  # any recipe with the training sections
 
@@ -40,17 +43,27 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return seed * 1_000_003 + step + rank * 7_919_000_017
 
 
-def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_scale: dict[str, float] | None = None,
+                    lowp: tuple[LowPrecision, nn.Module] | None = None) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only (not norms, biases). `lr_scale` maps a parameter-name
-    prefix to a learning-rate multiplier (discriminative learning rates), one param group each."""
+    prefix to a learning-rate multiplier (discriminative learning rates), one param group each.
+    `lowp`: the 16-bit storage of (LowPrecision, net) stands for the parameters (optim.weights)."""
+    if lowp is not None:
+        params = list(lowp[0].storage(lowp[1]).items())
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in params:
-        if not p.requires_grad:
+        if not p.requires_grad and lowp is None:
             continue
         scale = next((v for k, v in (lr_scale or {}).items() if name.startswith(k)), 1.0)
         groups.setdefault((scale, p.ndim > 1), []).append(p)
     param_groups = [{"params": ps, "lr": spec.lr * scale, "weight_decay": spec.weight_decay if decay else 0.0}
                     for (scale, decay), ps in groups.items()]
+    if lowp is not None:
+        state = spec.weights.state  # type: ignore[attr-defined]
+        if spec.name == "sgd":
+            return LowPrecisionSGD(*lowp, param_groups, lr=spec.lr, momentum=spec.momentum,
+                                   nesterov=spec.nesterov and spec.momentum > 0, state_dtype=state)
+        return LowPrecisionAdamW(*lowp, param_groups, lr=spec.lr, betas=spec.betas, state_dtype=state)
     if spec.name == "sgd":
         return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0)
     return torch.optim.AdamW(param_groups, lr=spec.lr, betas=spec.betas)
@@ -80,11 +93,14 @@ class Classifier(pl.LightningModule):
         self.test_loss = MeanMetric()
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self._gen: torch.Generator | None = None
+        weights = getattr(optim, "weights", None)  # optim.weights: 16-bit master weights
+        self.lowp = LowPrecision(net, weights.format(), weights.rounding) if weights is not None else None
+        self._loss: Tensor | None = None  # the training step's loss, for the finite check
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.lowp(self.net, x) if self.lowp is not None else self.net(x)
 
     def _seed_step(self) -> None:
         seed = step_seed(self.seed, self.global_rank, self.global_step)
@@ -97,10 +113,13 @@ class Classifier(pl.LightningModule):
         if self._gen is None:
             self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)
+        if self.lowp is not None:  # stochastic rounding's own stream: resumes exactly too
+            self.lowp.seed(seed + 0x9E3779B9, self.device)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         x, y = batch
         if self._trainer is not None and self.trainer.training:
+            self._keep_statistics()
             self._seed_step()
             if self.augment is not None:
                 x = self.augment(x, self._gen)
@@ -122,6 +141,7 @@ class Classifier(pl.LightningModule):
         getattr(self, f"{stage}_acc").update(logits, y)  # forward() would also compute a batch value nobody reads
         getattr(self, f"{stage}_loss").update(loss.detach().float(), len(y))
         if stage == "train":
+            self._loss = loss.detach()
             # epoch means are logged once, at the epoch's end: Lightning's self.log costs ~1 ms a
             # call, as much as a whole step of a linear head on cached features
             if self.global_step % self.trainer.log_every_n_steps == 0:
@@ -158,8 +178,35 @@ class Classifier(pl.LightningModule):
         self.log_dict({f"{PER_CLASS}{i}": acc for i, acc in enumerate(per_class)})
         self.test_per_class.reset()
 
+    def _keep_statistics(self) -> None:
+        """A copy of the running statistics (BatchNorm's) before this step's forward updates them,
+        so that a step that diverges can be undone whole (a few floats a channel)."""
+        skip = set(self.lowp.names) if self.lowp is not None else set()
+        self._stats = {n: b.detach().clone() for n, b in self.net.named_buffers() if b.is_floating_point() and n not in skip}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite loss or gradient stops the run before the step is applied, with that state
+        saved. With a gradient scaler (16-mixed) an infinite gradient is the scaler's to skip."""
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        grads = [] if scaled else [p.grad for p in self.parameters() if p.grad is not None]
+        if self.lowp is not None:
+            grads += self.lowp.grads()
+        what = check_finite(self._loss, grads)
+        if what is None:
+            return
+        folder = Path(self.trainer.checkpoint_callback.dirpath or self.trainer.default_root_dir)
+        ckpt = folder / "last-finite.ckpt"
+        with torch.no_grad():  # the running statistics as they were before this step's forward
+            for n, b in self._stats.items():
+                self.net.get_buffer(n).copy_(b)
+        self.trainer.save_checkpoint(ckpt)
+        weights = getattr(self.optim, "weights", None)
+        raise Diverged(diverged_message(what, self.global_step, self.current_epoch, str(ckpt), self.trainer.precision,
+                                        weights.dtype if weights is not None else None), self.global_step, str(ckpt))
+
     def configure_optimizers(self):
-        opt = build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale)
+        lowp = (self.lowp, self.net) if self.lowp is not None else None
+        opt = build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale, lowp)
         total = self.trainer.estimated_stepping_batches
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -24,8 +24,9 @@ from cnnlab.augment.spec import AugmentSpec
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
 from cnnlab.models.spec import ModelSpec
+from cnnlab.precision.spec import Optim, recipe_checks
 from cnnlab.registry import did_you_mean
-from cnnlab.spec import OptimSpec, OutputSpec, ScheduleSpec, Spec, TrainerSpec
+from cnnlab.spec import OutputSpec, ScheduleSpec, Spec, TrainerSpec
 from cnnlab.transfer.spec import FinetuneSpec
 from cnnlab.tta.spec import EvalSpec
 
@@ -47,7 +48,7 @@ class Recipe(Spec):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     augment: AugmentSpec = AugmentSpec()
-    optim: OptimSpec = OptimSpec()
+    optim: Optim = Optim()  # the core optimizer keys, and optim.weights (cnnlab/precision)
     schedule: ScheduleSpec = ScheduleSpec()
     trainer: TrainerSpec = TrainerSpec()
     output: OutputSpec = OutputSpec()
@@ -322,6 +323,9 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None, prefl
         _schema_problems(err, raw, Recipe, found)
     _builder_problems(raw, found)
     _section_checks(raw, preflight, found)
+    if recipe is not None:  # across sections
+        for loc, msg in recipe_checks(recipe.optim, recipe.trainer, recipe.finetune):
+            _add(found, loc, msg)
     if found:
         problems = []
         for path, msgs in sorted(found.items(), key=lambda kv: _line_key(_line_of(kv[0], lines))):

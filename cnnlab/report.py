@@ -89,6 +89,8 @@ def train_summary(r: dict[str, Any]) -> None:
     rows += [("epochs", str(r["epochs"])),
              ("images train/val/test", "/".join(str(v) for v in r["images"].values())),
              ("parameters", f"{r['parameters']:,}"),
+             *([("weights", f"{w['bytes'] / 2**20:.2f} MiB ({w['dtype']}{', ' + w['format'] + ' ' + w['rounding'] if w['rounding'] else ''})")]
+               if (w := r.get("weights")) else []),
              ("wall time", f"{r['wall_time_s']:.1f} s"),
              ("training throughput", f"{r['train_images_per_s']:,.0f} images/s"),
              ("peak host memory", f"{r['peak_memory']['host_rss_mib']:.0f} MiB"),

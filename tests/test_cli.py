@@ -101,8 +101,10 @@ AUGMENT = "augment.ops=[{name: shift, max_px: 2}, {name: hflip}, {name: color_ji
 
 # Not with data.num_workers > 0: on a restart Lightning starts the worker processes, which draw the
 # first batches' indices at once, before it restores the epoch, so the resumed epoch's order differs.
-@pytest.mark.parametrize("augment", [[], ["augment.where=device", AUGMENT], ["augment.where=loader", AUGMENT]],
-                         ids=["none", "device", "loader"])
+@pytest.mark.parametrize("augment", [[], ["augment.where=device", AUGMENT], ["augment.where=loader", AUGMENT],
+                                     ["optim.weights={dtype: bf16, rounding: stochastic}"],
+                                     ["optim.name=adamw", "optim.lr=0.003", "optim.weights={dtype: fixed16, state: bf16}"]],
+                         ids=["none", "device", "loader", "bf16-weights-sgd", "fixed16-weights-adamw"])
 def test_resumed_run_matches_uninterrupted_run(tmp_path, augment):
     over = ["trainer.max_epochs=4", "data.subset=20", "model.dropout=0.3", "output.plots=false", *augment]
     straight = rc.load(SMOKE, over + [f"output.dir={tmp_path / 'a'}"])

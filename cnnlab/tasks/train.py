@@ -18,6 +18,7 @@ from cnnlab.errors import UserError
 from cnnlab.data.module import describe, per_process_batch
 from cnnlab.lit import PER_CLASS, Classifier, build_trainer
 from cnnlab.models import build_model
+from cnnlab.precision import weight_memory
 from cnnlab.recipe import Recipe
 
 
@@ -138,6 +139,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         return None
     run_dir = folder.path
     metrics = run_dir / "metrics.csv"
+    weights = weight_memory(a.module)
     results = {
         "run_dir": str(run_dir),
         "test_acc": tested["test/acc"],
@@ -152,7 +154,8 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "images": {"train": len(a.data.train.labels), "val": len(a.data.val.labels), "test": len(a.data.test.labels)},
         "skipped_images": a.data.skipped,
         "data": data_report,
-        "parameters": sum(p.numel() for p in a.module.net.parameters()),
+        "parameters": weights["parameters"],
+        "weights": weights,
         "device": runinfo.device_info(trainer),
         "precision": recipe.trainer.precision,
         "conv_impl": a.conv,
