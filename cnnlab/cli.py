@@ -42,6 +42,7 @@ def train(
     set_: Overrides = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a run folder from its checkpoints/last.ckpt.")] = None,
     print_recipe: Annotated[bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Train each of the recipe's sweep.variants once per sweep.seeds; a table and loss curves in a sweep folder.")] = False,
 ) -> None:
     """Train a CNN from a recipe; writes a run folder with metrics, checkpoints, curves and results.json."""
     from cnnlab import recipe as rc
@@ -55,6 +56,8 @@ def train(
             raise UserError(f"--resume: {resume} is not a run folder (no recipe.yaml)")
     if recipe is None:
         raise UserError("missing RECIPE: cnnlab train recipes/fashion_mnist.yaml")
+    if sweep and resume is not None:
+        raise UserError("--sweep starts new runs; --resume continues one: give one of them")
     r = rc.load(recipe, set_ or [], preflight=not print_recipe)
     if resume is not None:
         r.output.name = Path(resume).name
@@ -68,6 +71,11 @@ def train(
     quiet_lightning()
     from cnnlab.tasks import train as task
 
+    if sweep:
+        from cnnlab.tasks import sweep as sweep_task
+
+        report.train_sweep_table(sweep_task.run(r, on_run=report.sweep_run))
+        return
     if resume is not None:
         task.check_resume_overrides(set_ or [])
     results = task.run(r, resume=resume, resume_overrides=set_ or [], on_data=report.data_summary)

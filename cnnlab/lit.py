@@ -86,7 +86,7 @@ class Classifier(pl.LightningModule):
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="ignore")  # a non-finite training loss stops the run (on_before_optimizer_step)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()  # weighted by images: exact when processes hold unequal shards
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")

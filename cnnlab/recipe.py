@@ -27,6 +27,7 @@ from cnnlab.models.spec import ModelSpec
 from cnnlab.precision.spec import Optim, recipe_checks
 from cnnlab.registry import did_you_mean
 from cnnlab.spec import OutputSpec, ScheduleSpec, Spec, TrainerSpec
+from cnnlab.sweep.spec import SweepSpec
 from cnnlab.transfer.spec import FinetuneSpec
 from cnnlab.tta.spec import EvalSpec
 
@@ -54,6 +55,7 @@ class Recipe(Spec):
     output: OutputSpec = OutputSpec()
     finetune: FinetuneSpec | None = None  # only `cnnlab finetune` reads it
     eval: EvalSpec = EvalSpec()  # test-time augmentation after training, and eval-tta's defaults
+    sweep: SweepSpec | None = None  # only `cnnlab train --sweep` reads it: named variants x seeds
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's (and so Lightning's) seed range
 
     def dump(self) -> dict[str, Any]:
@@ -326,6 +328,8 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None, prefl
     if recipe is not None:  # across sections
         for loc, msg in recipe_checks(recipe.optim, recipe.trainer, recipe.finetune):
             _add(found, loc, msg)
+        if recipe.sweep is not None and not found:
+            _variant_problems(raw, recipe.sweep, preflight, found)
     if found:
         problems = []
         for path, msgs in sorted(found.items(), key=lambda kv: _line_key(_line_of(kv[0], lines))):
@@ -334,6 +338,18 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None, prefl
             problems.append(f"{_fmt_path(path)}{at}: {'; or '.join(msgs)}")
         raise RecipeError(source, problems)
     return recipe  # type: ignore[return-value]
+
+
+def _variant_problems(raw: dict, sweep: SweepSpec, preflight: bool, found: dict[Path_, list[str]]) -> None:
+    """Each sweep variant is the recipe with its overrides: it must validate too, so that a typo
+    in the last variant stops the sweep before the first run."""
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    for name, overrides in sweep.variants.items():
+        try:
+            load(None, overrides + [f"seed={s}" for s in sweep.seeds[:1]], base=base, preflight=preflight)
+        except RecipeError as e:
+            for problem in e.problems:
+                _add(found, ("sweep", "variants", name), problem.strip())
 
 
 def _line_of(path: Path_, lines: dict[Path_, Any]) -> Any:

@@ -1,8 +1,16 @@
-"""Every precision that validation accepts on this machine trains, tests and evaluates end to end."""
+"""Precision: every mode validation accepts trains, tests and evaluates end to end; 16-bit master
+weights with stochastic rounding (the rounding itself, the optimizer steps, runs, resumes in
+test_cli); non-finite losses stop a run; the sweep."""
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
 from cnnlab import recipe as rc
+from cnnlab.precision import LowPrecision, LowPrecisionAdamW, LowPrecisionSGD, weight_format
+from cnnlab.precision.rounding import bf16_stochastic
 from cnnlab.spec import PRECISIONS, TrainerSpec
 from cnnlab.tasks import evaluate
 from cnnlab.tasks import train as train_task
@@ -31,13 +39,6 @@ def test_every_accepted_precision_runs_end_to_end(precision, tmp_path):
 
 # --------------------------------------------------------------------------- 16-bit weights (optim.weights)
 
-import json  # noqa: E402
-import math  # noqa: E402
-
-from conftest import write  # noqa: E402
-
-from cnnlab.precision import LowPrecision, LowPrecisionAdamW, LowPrecisionSGD, weight_format  # noqa: E402
-from cnnlab.precision.rounding import bf16_stochastic  # noqa: E402
 
 FORMATS = {"bf16": weight_format("bf16"), "fp16": weight_format("fp16"), "fixed16": weight_format("fixed16", 12)}
 
@@ -221,3 +222,42 @@ def test_diverging_16_bit_weights_stop_the_same_way(cli):
     assert res.exit_code == 3, res.output
     text = " ".join(res.output.split())
     assert "training diverged at step" in text and "instead of fp16" in text
+
+
+SWEEP = ("sweep={seeds: [0, 1], variants: {float32: [], 'bf16 weights, nearest': ['optim.weights={dtype: bf16, rounding: nearest}'], "
+         "'fixed16 <14,2>': ['optim.weights={dtype: fixed16, frac_bits: 2}'], blows up: ['optim.lr=1e30']}}")
+
+
+def test_the_sweep_runs_every_variant_per_seed_and_writes_table_curves_and_json(cli):
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--sweep", "--set", f"output.dir={cli.runs}", "--set", SWEEP,
+              "--set", "trainer.max_epochs=2", "--set", "data.subset=16", "--set", "data.test_subset=10")
+    assert res.exit_code == 0, res.output
+    [out] = list(cli.runs.iterdir())
+    s = json.loads((out / "sweep.json").read_text())
+    assert (out / "sweep.png").stat().st_size > 10_000 and (out / "recipe.yaml").is_file()
+    rows = {r["variant"]: r for r in s["rows"]}
+    assert list(rows) == ["float32", "bf16 weights, nearest", "fixed16 <14,2>", "blows up"] and s["baseline"] == "float32"
+    assert rows["float32"]["speed_ratio"] == pytest.approx(1.0)
+    assert rows["float32"]["weight_bytes"] == 2 * rows["bf16 weights, nearest"]["weight_bytes"]
+    assert rows["bf16 weights, nearest"]["weights"]["dtype"] == "bfloat16" and rows["fixed16 <14,2>"]["weights"]["dtype"] == "int16"
+    assert rows["blows up"]["diverged"] and rows["blows up"]["diverged"][0]["step"] == 1 and "test_acc" not in rows["blows up"]
+    for name in ("float32", "bf16 weights, nearest"):
+        runs = s["runs"][name]
+        assert [r["seed"] for r in runs] == [0, 1] and runs[0]["test_acc"] != runs[1]["test_acc"]  # the seeds differ
+        assert rows[name]["test_acc"] == pytest.approx(sum(r["test_acc"] for r in runs) / 2)
+        assert all(Path(r["run_dir"]).parent == out for r in runs)
+    # a step of 1/4 cannot hold small conv weights: training fails to learn, and the table shows it
+    assert rows["fixed16 <14,2>"]["test_acc"] < rows["float32"]["test_acc"]
+    text = " ".join(res.output.split())
+    assert "diverged (step 1, step 1)" in text and "vs float32" in text
+
+
+def test_a_sweep_variant_with_a_typo_stops_the_sweep_before_any_run(cli):
+    bad = "sweep={variants: {float32: [], late: ['optim.wieghts={dtype: bf16}']}}"
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--sweep", "--set", f"output.dir={cli.runs}", "--set", bad)
+    assert res.exit_code == 2 and "sweep.variants.late" in res.output and "did you mean 'weights'" in res.output, res.output
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--sweep", "--set", f"output.dir={cli.runs}")
+    assert res.exit_code == 2 and "no sweep: section" in res.output
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", "sweep={variants: {a: ['seed=3']}}")
+    assert res.exit_code == 2 and "a variant cannot set seed" in res.output
+    assert not cli.runs.exists()

@@ -1,0 +1,68 @@
+"""`cnnlab train --sweep`: the recipe's `sweep:` variants, each once per seed, side by side in one
+process; a table of mean +- sd and a plot of the loss curves in a sweep folder."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from cnnlab import runinfo
+from cnnlab.errors import Diverged, UserError
+from cnnlab.recipe import Recipe, load
+from cnnlab.report import epoch_metrics, plot_sweep_curves
+from cnnlab.sweep import summarise
+from cnnlab.tasks import train
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "variant"
+
+
+def plan(recipe: Recipe) -> dict[tuple[str, int], Recipe]:
+    """(variant, seed) -> its recipe, every one validated (and checked against this machine)
+    before any folder is made."""
+    if recipe.sweep is None:
+        raise UserError("--sweep: the recipe has no sweep: section (sweep: {seeds: [0, 1], variants: {name: [KEY=VALUE, ...]}})")
+    train.require_one_process(recipe, "train --sweep")
+    base = recipe.dump()
+    base.pop("sweep")
+    return {(v, s): load(None, overrides + [f"seed={s}"], base=base, preflight=True, source=f"sweep variant {v!r}")
+            for v, overrides in recipe.sweep.variants.items() for s in recipe.sweep.seeds}
+
+
+def run(recipe: Recipe, progress: bool = True, on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train every (variant, seed); `on_run(variant, seed, result)` after each. A run that diverges
+    is recorded (step, checkpoint) and the sweep goes on."""
+    runs_of = plan(recipe)
+    out = runinfo.new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-sweep")
+    runinfo.write_recipe(out, recipe.dump())
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in recipe.sweep.variants}
+    curves: dict[str, dict[int, dict[int, float]]] = {v: {} for v in recipe.sweep.variants}
+    for (variant, seed), r in runs_of.items():
+        r.output.dir, r.output.name = str(out), f"{_slug(variant)}-seed{seed}"
+        try:
+            res = train.run(r, progress=progress)
+            run_dir = Path(res["run_dir"])
+        except Diverged as e:
+            run_dir = Path(e.checkpoint).parent.parent
+            res = {"diverged": {"step": e.step, "checkpoint": e.checkpoint}, "run_dir": str(run_dir)}
+        metrics = run_dir / "metrics.csv"  # none yet when a run diverges in its first steps
+        loss = epoch_metrics(metrics).get("train/loss", {}) if metrics.is_file() else {}
+        curves[variant][seed] = loss
+        res.update(seed=seed, final_train_loss=loss[max(loss)] if loss else None)
+        results[variant].append(res)
+        if on_run is not None:
+            on_run(variant, seed, res)
+    first = summarise(next(iter(results)), next(iter(results.values())), None)
+    base_speed = first.get("train_images_per_s")
+    rows = [summarise(v, rs, base_speed) for v, rs in results.items()]
+    summary = {"sweep_dir": str(out), "seeds": recipe.sweep.seeds, "baseline": rows[0]["variant"], "rows": rows,
+               "variants": recipe.sweep.variants, "curves": {v: {str(s): c for s, c in cs.items()} for v, cs in curves.items()},
+               "runs": {v: [{k: r.get(k) for k in ("seed", "run_dir", "test_acc", "final_train_loss", "train_images_per_s",
+                                                     "wall_time_s", "diverged")} for r in rs] for v, rs in results.items()},
+               "device": next((r["device"] for rs in results.values() for r in rs if "device" in r), None),
+               "versions": runinfo.versions()}
+    runinfo.write_json(out / "sweep.json", summary)
+    if recipe.output.plots:
+        plot_sweep_curves(summary, out / "sweep.png")
+    return summary
