@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test bench fast source transfer stacking clean
+.PHONY: setup data demo test bench fast source transfer stacking precision clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ transfer: source
 # One 7x7 against three 3x3 against a bottleneck per stage, trained on Fashion-MNIST (~6 min on 2 CPU cores)
 stacking: setup data
 	$(VENV)/bin/cnnlab bench-conv --stacking --train
+
+# float32, bf16-mixed and 16-bit weights (bf16, fixed16) rounded to nearest or stochastically, 2 seeds (~8 min)
+precision: setup data
+	$(VENV)/bin/cnnlab train recipes/precision_sweep.yaml --sweep
 
 clean:
 	rm -rf runs .pytest_cache
