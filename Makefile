@@ -49,7 +49,7 @@ transfer: source
 stacking: setup data
 	$(VENV)/bin/cnnlab bench-conv --stacking --train
 
-# float32, bf16-mixed and 16-bit weights (bf16, fixed16) rounded to nearest or stochastically, 2 seeds (~8 min)
+# float32, bf16-mixed, bf16-true and 16-bit weights (bf16, fixed16) rounded to nearest or stochastically, 2 seeds (~11 min)
 precision: setup data
 	$(VENV)/bin/cnnlab train recipes/precision_sweep.yaml --sweep
 

@@ -474,19 +474,20 @@ def train_sweep_table(r: dict[str, Any]) -> None:
     """`cnnlab train --sweep`: per variant, test accuracy mean +- sd over seeds, final training loss,
     images/s as a ratio to the first variant (measured in the same sweep), weight memory."""
     t = Table(title=f"sweep ({r['sweep_dir']}), seeds {', '.join(map(str, r['seeds']))}", title_justify="left")
-    for col, just in (("variant", "left"), ("test accuracy", "right"), ("final train loss", "right"),
-                      ("images/s", "right"), (f"vs {r['baseline']}", "right"), ("weights", "right")):
-        t.add_column(col, justify=just)
+    base = r["baseline"]
+    for col in ("variant", "test accuracy", f"vs {base}, paired by seed", "final train loss", "images/s", f"vs {base}", "weights"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
     for row in r["rows"]:
         bad = ", ".join(f"step {d['step']}" for d in row["diverged"])
         if "test_acc" not in row:
-            t.add_row(row["variant"], f"[red]diverged ({bad})[/]", "-", "-", "-", "-")
+            t.add_row(row["variant"], f"[red]diverged ({bad})[/]", "-", "-", "-", "-", "-")
             continue
         acc = f"{row['test_acc']:.2%} ± {row['test_acc_sd']:.2%}" + (f" [red]({len(row['diverged'])} diverged: {bad})[/]" if bad else "")
+        d = row["vs_baseline"]
         w = row["weights"]
-        t.add_row(row["variant"], acc, f"{row['final_train_loss']:.4f}", f"{row['train_images_per_s']:,.0f}",
-                  f"{row['speed_ratio']:.2f}x" if row["speed_ratio"] else "-",
-                  f"{w['bytes'] / 1024:,.1f} KiB {w['dtype']}")
+        t.add_row(row["variant"], acc, f"{d[0] * 100:+.2f} ± {d[1] * 100:.2f} pt" if d else "-",
+                  f"{row['final_train_loss']:.4f}", f"{row['train_images_per_s']:,.0f}",
+                  f"{row['speed_ratio']:.2f}x" if row["speed_ratio"] else "-", f"{w['bytes'] / 1024:,.1f} KiB {w['dtype']}")
     console.print(t)
     d = r.get("device") or {}
     console.print(f"{d.get('type', '?')}: {d.get('name', '?')}; runs and sweep.json in {r['sweep_dir']}", highlight=False)

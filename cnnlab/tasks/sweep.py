@@ -53,9 +53,8 @@ def run(recipe: Recipe, progress: bool = True, on_run: Callable[[str, int, dict[
         results[variant].append(res)
         if on_run is not None:
             on_run(variant, seed, res)
-    first = summarise(next(iter(results)), next(iter(results.values())), None)
-    base_speed = first.get("train_images_per_s")
-    rows = [summarise(v, rs, base_speed) for v, rs in results.items()]
+    baseline = next(iter(results.values()))
+    rows = [summarise(v, rs, baseline) for v, rs in results.items()]
     summary = {"sweep_dir": str(out), "seeds": recipe.sweep.seeds, "baseline": rows[0]["variant"], "rows": rows,
                "variants": recipe.sweep.variants, "curves": {v: {str(s): c for s, c in cs.items()} for v, cs in curves.items()},
                "runs": {v: [{k: r.get(k) for k in ("seed", "run_dir", "test_acc", "final_train_loss", "train_images_per_s",
