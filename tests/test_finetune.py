@@ -11,6 +11,7 @@ from torch import nn
 from cnnlab import recipe as rc
 from cnnlab.errors import UserError
 from cnnlab.lit import build_optimizer
+from cnnlab.spec import OptimSpec
 from cnnlab.transfer.spec import FinetuneSpec
 from cnnlab.tasks import finetune as ft
 from cnnlab.tasks import train as train_task
@@ -76,7 +77,7 @@ def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
     net.train()  # what Lightning does: frozen stages must stay in eval mode
     for i, stage in enumerate(net.stages):
         assert all(m.training == (i not in frozen) for m in stage.modules()), (regime, i)
-    opt = build_optimizer(list(net.named_parameters()), rc.OptimSpec(lr=0.2), plan.lr_scale)
+    opt = build_optimizer(list(net.named_parameters()), OptimSpec(lr=0.2), plan.lr_scale)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     for name, p in net.named_parameters():
         if name.startswith("head."):

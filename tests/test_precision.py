@@ -172,9 +172,10 @@ def test_state_precision_is_its_own_choice():
                                            ("{dtype: fixed16, frac_bits: 10}", torch.int16)])
 def test_16_bit_weights_train_checkpoint_at_2_bytes_and_evaluate(weights, dtype, tmp_path):
     r = rc.load(RECIPES / "smoke.yaml", [f"output.dir={tmp_path}", f"optim.weights={weights}", "trainer.max_epochs=2",
-                                         "data.subset=16", "data.test_subset=10", "output.plots=false"])
+                                         "data.subset=16", "data.test_subset=10", "output.plots=false", "eval.tta=[hflip]"])
     out = train_task.run(r, progress=False)
     assert out["test_acc"] > 0.1
+    assert out["tta"]["policies"][0]["acc"] == pytest.approx(out["test_acc"], abs=1e-6)  # the decoded weights, again
     w = out["weights"]
     assert w["bytes"] == 2 * w["parameters"] == 2 * out["parameters"] and w["parameters"] > 10_000
     sd = torch.load(out["checkpoint"], weights_only=True)["state_dict"]

@@ -26,8 +26,10 @@ def plan(recipe: Recipe) -> dict[tuple[str, int], Recipe]:
     train.require_one_process(recipe, "train --sweep")
     base = recipe.dump()
     base.pop("sweep")
+    # seed by seed, every variant in turn: a variant's runs are spread over the sweep, so a machine
+    # that speeds up or slows down while it runs tilts no variant's images/s
     return {(v, s): load(None, overrides + [f"seed={s}"], base=base, preflight=True, source=f"sweep variant {v!r}")
-            for v, overrides in recipe.sweep.variants.items() for s in recipe.sweep.seeds}
+            for s in recipe.sweep.seeds for v, overrides in recipe.sweep.variants.items()}
 
 
 def run(recipe: Recipe, progress: bool = True, on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
