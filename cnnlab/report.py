@@ -229,7 +229,12 @@ def finetune_summary(r: dict[str, Any]) -> None:
     t.add_row("frozen stages", ", ".join(map(str, r["frozen_stages"])) or "none")
     t.add_row("head reads stages", ", ".join(map(str, r["taps"])))
     t.add_row("trainable parameters", f"{r['trainable_params']:,}")
-    t.add_row("peak learning rates", ", ".join(f"{v:.3g}" for v in r["peak_lr"].values()))
+    if r["peak_lr"]:
+        t.add_row("peak learning rates", ", ".join(f"{v:.3g}" for v in r["peak_lr"].values()))
+    if p := r.get("probe"):
+        then = "; fine-tuned from it" if r["regime"] == "lp-ft" else ""
+        t.add_row("linear probe", f"exact (L-BFGS/Newton), C = {p['C']:.3g} by {p['folds']}-fold CV over {len(p['grid'])} values "
+                                  f"({min(p['grid']):.3g}-{max(p['grid']):.3g}); test accuracy {p['test_acc']:.2%}{then}")
     t.add_row("images train/val/test", "/".join(str(v) for v in r["images"].values()))
     cache = "no" if not r["features_cached"] else ("yes, hit" if r["cache_hit"] else "yes, computed")
     t.add_row("cached features", cache)

@@ -24,6 +24,7 @@ from cnnlab.tasks.train import module_args, per_class_acc, require_one_process
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
 from cnnlab.transfer.regimes import stage_taps, zero_head
 from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
+from cnnlab.transfer.probe import Probe, fit_cv
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
 from cnnlab.transfer.spec import FinetuneSpec
 
@@ -120,6 +121,30 @@ def rebuild(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch
     return module
 
 
+def _features(recipe: Recipe, source: Source, data: ImageDataModule, progress: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """The pretrained backbone's pooled taps of every split, through the feature cache."""
+    bb, splits = source.backbone, {"train": data.train, "val": data.val, "test": data.test}
+    key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits)
+    return cached_features(bb, splits, key, recipe.finetune.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator,
+                           progress)
+
+
+def _probe(recipe: Recipe, feats: dict[str, torch.Tensor], cols: torch.Tensor, data: ImageDataModule, head: nn.Linear) -> Probe:
+    """The exact linear probe of the training split's features, written into `head`."""
+    spec = recipe.finetune
+    probe = fit_cv(feats["train"][:, cols], data.train.labels, data.num_classes, tuple(spec.probe_C), spec.probe_folds,
+                   recipe.seed)
+    with torch.no_grad():
+        head.weight.copy_(probe.fit.weight)
+        head.bias.copy_(probe.fit.bias)
+    return probe
+
+
+def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    with torch.no_grad():
+        return float((head(x.to(head.weight.dtype)).argmax(1) == y).float().mean()) if len(y) else None
+
+
 def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, run_dir: Path,
                progress: bool = True, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
     """Train one regime and test it; returns its results (also the module, under '_module').
@@ -129,18 +154,19 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     k = data.num_classes
     use_cache = plan.cached and spec.cache_dir is not None and not recipe.augment.ops
-    cache_hit, pipeline = None, None
+    solver = use_cache and spec.probe == "solver"  # the head is solved, not trained
+    cache_hit, pipeline, probe, probe_acc = None, None, None, None
+    cols = tap_slices(source.backbone.channels, plan.taps)
     t0 = time.perf_counter()
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
-        splits = {"train": data.train, "val": data.val, "test": data.test}
-        key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits)
-        feats, cache_hit = cached_features(bb, splits, key,
-                                           spec.cache_dir, recipe.data.batch_size, recipe.trainer.accelerator, progress)
-        cols = tap_slices(bb.channels, plan.taps)
+        feats, cache_hit = _features(recipe, source, data, progress)
         fit_data = _features_data(recipe, data, feats, cols)
         d = len(cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
+        if solver:
+            probe = _probe(recipe, feats, cols, data, net[1])
+            probe_acc = _accuracy(net[1], feats["test"][:, cols], data.test.labels)
         # no normalisation: the head sees the features as they are, exactly as through the backbone
         module = Classifier(net, k, torch.zeros(d), torch.ones(d), **module_args(recipe, _network(regime, plan, bb, True)))
         trainable = sum(p.numel() for p in net.parameters())
@@ -148,6 +174,10 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         bb = source.make(plan.pretrained)
         net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
         net.set_frozen(plan.frozen)
+        if plan.probe_first:  # lp-ft: the head starts as the exact probe of the pretrained features
+            feats, cache_hit = _features(recipe, source, data, progress)
+            probe = _probe(recipe, feats, cols, data, net.head)
+            probe_acc = _accuracy(net.head, feats["test"][:, cols], data.test.labels)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))
         pipeline = build_pipeline(recipe.augment.ops, data.train.images)  # as `cnnlab train`: fitted to the training images
         loader = pipeline is not None and recipe.augment.where == "loader"
@@ -162,11 +192,20 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     has_val = len(data.val.labels) > 0
     trainer = build_trainer(recipe, run_dir, [runinfo.Throughput(), *callbacks], has_val=has_val, progress=progress)
     t1 = time.perf_counter()
-    trainer.fit(module, datamodule=fit_data)
-    fit_s = time.perf_counter() - t1
-    best = trainer.checkpoint_callback.best_model_path if has_val else ""
-    tested = trainer.test(module, datamodule=fit_data, ckpt_path=best or None, verbose=False)[0]
-    groups = trainer.optimizers[0].param_groups
+    if solver:  # nothing to train: validate and test the solved head, and keep it as the run's checkpoint
+        fit_s = probe.seconds
+        if has_val:
+            trainer.validate(module, datamodule=fit_data, verbose=False)
+        best = ""
+        tested = trainer.test(module, datamodule=fit_data, verbose=False)[0]
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    else:
+        trainer.fit(module, datamodule=fit_data)
+        fit_s = time.perf_counter() - t1
+        best = trainer.checkpoint_callback.best_model_path if has_val else ""
+        tested = trainer.test(module, datamodule=fit_data, ckpt_path=best or None, verbose=False)[0]
+    groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
     return {
         "regime": regime,
         "test_acc": tested["test/acc"],
@@ -182,6 +221,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "trainable_params": trainable,
         "peak_lr": {f"group {i}": g.get("initial_lr", g["lr"]) for i, g in enumerate(groups)},
         "augment_fit": {op: {n: t.tolist() for n, t in fit.items()} for op, fit in pipeline.fitted.items()} if pipeline else None,
+        "probe": {**probe.record(), "test_acc": probe_acc} if probe is not None else None,
         "features_cached": use_cache,
         "cache_hit": cache_hit,
         "features_s": extract_s,
@@ -191,6 +231,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "device": runinfo.device_info(trainer),
         "checkpoint": best or str(run_dir / "checkpoints" / "last.ckpt"),
         "_module": module,
+        "_probe": probe,
     }
 
 

@@ -6,6 +6,7 @@ net they act on: a backbone's stages plus a fresh linear head on pooled stage ta
     top      all but the top `top_k`    last stage      similar data, lots of it
     stages   all                        `stages` taps   different data, little of it
     full     none                       last stage      different data, lots of it
+    lp-ft    none, after an exact probe last stage      (Kumar et al. 2022) the probe's head, then full at lower lr
     scratch  none, random init          last stage      the baseline every regime must beat
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Plan:
     lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
     warm: frozenset[int] = frozenset()  # trained stages that stay frozen for the first `freeze_epochs`
     pretrained: bool = True  # False: the same architecture from random init
+    probe_first: bool = False  # the head starts as the exact linear probe of the frozen features (lp-ft)
 
     @property
     def cached(self) -> bool:
@@ -83,6 +85,16 @@ def top(n: int, spec) -> Plan:
 def full(n: int, spec) -> Plan:
     return Plan("full", frozenset(), (n - 1,), stage_lr(n, range(n), spec),
                 frozenset(range(n)) if spec.freeze_epochs else frozenset())
+
+
+@REGIMES.register("lp-ft")
+def lp_ft(n: int, spec) -> Plan:
+    """Linear probe, then fine-tune (Kumar et al. 2022): the head starts at the exact probe of the
+    pretrained features instead of zero, so the first steps do not push a random head's gradients
+    through the backbone; then every stage trains as in `full` (BatchNorm included, in training mode),
+    and the head, already fitted, at the stages' `backbone_lr_mult` rather than at the full rate."""
+    return Plan("lp-ft", frozenset(), (n - 1,), {**stage_lr(n, range(n), spec), "head.": spec.backbone_lr_mult},
+                probe_first=True)
 
 
 @REGIMES.register("scratch")

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from cnnlab.registry import did_you_mean
 from cnnlab.spec import Problem, Spec, known
 from cnnlab.transfer.backbones import BACKBONES
+from cnnlab.transfer.probe import GRID
 from cnnlab.transfer.regimes import REGIMES
 
 
@@ -16,7 +17,7 @@ class SweepSpec(Spec):
 
     sizes: list[Annotated[int, Field(ge=1)] | Literal["all"]] = [10, 200]  # training images per class (data.subset), ascending; all = every image
     max_epochs: list[Annotated[int, Field(ge=1)]] = [30, 6]  # trainer.max_epochs at each size
-    regimes: list[str] = ["linear", "top", "stages", "full", "scratch"]  # what each size runs
+    regimes: list[str] = ["linear", "top", "stages", "full", "lp-ft", "scratch"]  # what each size runs
 
     @field_validator("regimes")
     @classmethod
@@ -39,7 +40,7 @@ class FinetuneSpec(Spec):
 
     backbone: str = "efficientnet-lite0"  # efficientnet-lite0 | cnnlab | torchvision:<name>
     weights: str | None = None  # weights file (cnnlab: run folder or .ckpt); None = the backbone's default
-    regime: str = "auto"  # linear | top | stages | full | scratch | auto (see cnnlab/transfer/regimes.py)
+    regime: str = "auto"  # linear | top | stages | full | lp-ft | scratch | auto (see cnnlab/transfer/regimes.py)
     top_k: int = Field(1, ge=1)  # top: how many of the last stages train
     stages: list[int] | None = None  # stages: which stage taps the head reads (negative = from the end); None = all
     freeze_epochs: int = Field(0, ge=0)  # top/full: epochs that train the head alone before the stages join
@@ -49,7 +50,10 @@ class FinetuneSpec(Spec):
     similar_tolerance: float = Field(0.0, ge=0, le=1)  # auto: similar if the top stage's probe is this close to the best
     probe_per_class: int = Field(50, ge=2)  # auto: training images per class the stage probes see (at most)
     lots_from: int = Field(100, ge=1)  # auto: training images per class from which the data counts as 'lots'
-    cache_dir: str | None = ".cache/features"  # frozen-backbone features (linear, stages); None = no cache
+    cache_dir: str | None = ".cache/features"  # frozen-backbone features (linear, stages, lp-ft's probe); None = no cache
+    probe: Literal["solver", "sgd"] = "solver"  # heads on cached features: exact logistic regression (solver) or optim's loop (sgd)
+    probe_C: list[Annotated[float, Field(gt=0)]] = list(GRID)  # solver: the inverse L2 strengths cross-validated (scikit-learn's C)
+    probe_folds: int = Field(5, ge=2)  # solver: stratified folds (fewer when the rarest class has fewer images)
     sweep: SweepSpec = SweepSpec()
 
     @field_validator("backbone")
