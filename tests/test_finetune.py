@@ -56,6 +56,7 @@ EXPECT = {  # regime -> (frozen stages of 3, taps, lr multiplier per trained sta
     "stages": ({0, 1, 2}, (0, 1, 2), {}),
     "top": ({0, 1}, (2,), {2: 0.1}),
     "full": (set(), (2,), {0: 0.1 * 0.5 ** 2, 1: 0.1 * 0.5, 2: 0.1}),
+    "lp-ft": (set(), (2,), {0: 0.1 * 0.5 ** 2, 1: 0.1 * 0.5, 2: 0.1}),  # and the probed head at 0.1 too
     "scratch": (set(), (2,), {0: 1.0, 1: 1.0, 2: 1.0}),
 }
 
@@ -81,7 +82,7 @@ def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     for name, p in net.named_parameters():
         if name.startswith("head."):
-            assert lr_of[id(p)] == pytest.approx(0.2)
+            assert lr_of[id(p)] == pytest.approx(0.2 * (0.1 if regime == "lp-ft" else 1))
         elif p.requires_grad:
             assert lr_of[id(p)] == pytest.approx(0.2 * scales[int(name.split(".")[1])]), name
         else:
@@ -452,7 +453,8 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
 
 
 @pytest.mark.parametrize("regime,extra", [("linear", []), ("stages", ["--set", "finetune.stages=[-1, 0]"]), ("top", []),
-                                          ("full", []), ("scratch", [])])
+                                          ("full", []), ("lp-ft", []), ("scratch", []),
+                                          ("linear", ["--set", "finetune.probe=sgd"])])
 def test_eval_of_a_finetune_run_reproduces_its_test_results(cli, tmp_path, source_run, regime, extra):
     """The checkpoint says what network it holds: a head on cached features goes back onto the
     backbone named in the recipe, with the backbone's normalisation; the other regimes hold it all."""
@@ -521,16 +523,19 @@ def test_the_recipe_given_decides_caching_not_the_one_the_backbone_came_from(sou
     source = ft.load_source(r)  # loaded with a cache_dir
     data = ft.load_data(r, source)
     direct = r.model_copy(deep=True)
-    direct.finetune.cache_dir = None
+    direct.finetune.cache_dir, direct.finetune.probe = None, "sgd"
     out = ft.fit_regime(direct, source, data, "linear", tmp_path / "direct", progress=False)
     assert not out["features_cached"] and out["cache_hit"] is None
+    direct.finetune.probe = "solver"  # solving needs the features: computed once, in memory only
+    out = ft.fit_regime(direct, source, data, "linear", tmp_path / "solved", progress=False)
+    assert out["features_cached"] and out["cache_hit"] is None and out["probe"]["C"] in out["probe"]["grid"]
     assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("regime", ["linear", "stages"])
 def test_cached_features_train_the_same_head_as_the_backbone_every_epoch(regime, source_run, tmp_path):
     """The cache changes the cost, not the training: same features, batches, init and optimizer."""
-    r = tiny_recipe(source_run, tmp_path)
+    r = tiny_recipe(source_run, tmp_path, probe="sgd")  # the loop, not the solver: on cached features and not
     source = ft.load_source(r)
     data = ft.load_data(r, source)
     direct = r.model_copy(deep=True)
@@ -543,3 +548,93 @@ def test_cached_features_train_the_same_head_as_the_backbone_every_epoch(regime,
     assert w_cached.abs().sum() > 0  # it trained
     torch.testing.assert_close(w_cached, w_through, atol=1e-5, rtol=1e-4)
     assert cached["test_acc"] == pytest.approx(through["test_acc"])
+
+
+# --------------------------------------------------------------------------- exact linear probes, lp-ft
+
+from cnnlab.transfer import probe as lp  # noqa: E402
+
+
+def _objective(x, y, w, b, C):
+    return float(torch.nn.functional.cross_entropy(x @ w.T + b, y) + 0.5 / (C * len(y)) * (w * w).sum())
+
+
+@pytest.mark.parametrize("n,d,newton", [(60, 20, True), (24, 300, True), (60, 20, False)],
+                         ids=["newton", "fewer-images-than-dims", "lbfgs"])
+@pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
+def test_the_probe_solves_scikit_learns_objective(n, d, newton, C, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    if not newton:
+        monkeypatch.setattr(lp, "NEWTON_MAX_PARAMS", 0)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.7 * torch.nn.functional.one_hot(y, d).double()
+    ours = lp.fit(x, y, 4, C)
+    sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(x.numpy(), y.numpy())
+    w, b = torch.tensor(sk.coef_), torch.tensor(sk.intercept_)
+    f_ours, f_sk = _objective(x, y, ours.weight, ours.bias, C), _objective(x, y, w, b, C)
+    assert f_ours <= f_sk * (1 + 1e-7) + 1e-12, (f_ours, f_sk)  # at least as low as the reference optimum
+    assert f_ours == pytest.approx(f_sk, rel=1e-6)
+    torch.testing.assert_close(torch.softmax(x @ ours.weight.T + ours.bias, 1), torch.softmax(x @ w.T + b, 1),
+                               atol=1e-5, rtol=1e-4)
+
+
+def _noise_cancelling(g, per_class):
+    """Class signal in dims 0 and 2 under strong noise that dims 1 and 3 carry almost exactly:
+    only a weakly regularised fit learns to subtract it (weak regularisation is best)."""
+    y = torch.arange(3).repeat_interleave(per_class)
+    n = 3 * torch.randn(len(y), 2, generator=g, dtype=torch.float64)
+    x = torch.randn(len(y), 40, generator=g, dtype=torch.float64)
+    x[:, 0], x[:, 2] = y.double() + n[:, 0], (y == 2).double() + n[:, 1]
+    x[:, 1] = n[:, 0] + 0.1 * torch.randn(len(y), generator=g, dtype=torch.float64)
+    x[:, 3] = n[:, 1] + 0.1 * torch.randn(len(y), generator=g, dtype=torch.float64)
+    return x, y
+
+
+def test_cross_validation_picks_the_strength_a_large_held_out_set_says_is_best():
+    """The oracle scores each C's refit on 20,000 fresh images; CV sees only the training images."""
+    g = torch.Generator().manual_seed(3)
+    (x, y), (xt, yt) = _noise_cancelling(g, 60), _noise_cancelling(g, 20_000 // 3)
+    spread = 0.3
+    grid = lp.GRID
+    oracle = []
+    for C in grid:
+        f = lp.fit(x, y, 3, C)
+        oracle.append(float(((xt @ f.weight.T + f.bias).argmax(1) == yt).double().mean()))
+    assert max(oracle) - min(oracle) > spread  # the strength matters here: a wrong pick would show
+    p = lp.fit_cv(x, y, 3, grid, folds=5, seed=0)
+    assert p.folds == 5 and len(p.cv_acc) == len(grid) and p.C in grid
+    assert oracle[grid.index(p.C)] >= max(oracle) - spread / 3, (p.C, oracle)
+    refit = lp.fit(x, y, 3, p.C)
+    torch.testing.assert_close(p.fit.weight, refit.weight)  # the chosen strength, refitted on every image
+
+
+def test_stratified_folds_hold_every_class_in_proportion():
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 20)
+    fold = lp.stratified_folds(y, 5, seed=1)
+    for f in range(5):
+        assert torch.bincount(y[fold == f], minlength=3).tolist() == [2, 1, 4]
+    assert not torch.equal(fold, lp.stratified_folds(y, 5, seed=2))
+
+
+def test_lp_ft_starts_fine_tuning_from_exactly_the_probed_head(source_run, tmp_path):
+    r = tiny_recipe(source_run, tmp_path)
+    source = ft.load_source(r)
+    data = ft.load_data(r, source)
+    seen = {}
+
+    class AtStart(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["w"], seen["b"] = module.net.head.weight.detach().clone(), module.net.head.bias.detach().clone()
+
+    out = ft.fit_regime(r, source, data, "lp-ft", tmp_path / "lpft", progress=False, callbacks=[AtStart()])
+    linear = ft.fit_regime(r, source, data, "linear", tmp_path / "linear", progress=False)
+    probe = out["_probe"]
+    assert seen["w"].abs().sum() > 0 and torch.equal(seen["w"], probe.fit.weight.float())
+    assert torch.equal(seen["b"], probe.fit.bias.float())
+    # the same probe as the linear regime's solved head (same features, folds and grid)
+    assert torch.equal(linear["_module"].net[1].weight.detach(), seen["w"])
+    assert out["probe"]["test_acc"] == pytest.approx(linear["test_acc"])
+    after = out["_module"].net.head.weight.detach()
+    assert not torch.equal(after, seen["w"]) and out["frozen_stages"] == [] and out["epochs"] == 2  # then it fine-tuned

@@ -153,7 +153,9 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     plan: Plan = REGIMES.get(regime)(len(source.backbone.stages), spec)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     k = data.num_classes
-    use_cache = plan.cached and spec.cache_dir is not None and not recipe.augment.ops
+    # the head reads frozen features only: compute them once (stored when cache_dir is set), and solve
+    # the head exactly (probe: solver) or train it on them (probe: sgd); augmentation needs the images
+    use_cache = plan.cached and not recipe.augment.ops and (spec.cache_dir is not None or spec.probe == "solver")
     solver = use_cache and spec.probe == "solver"  # the head is solved, not trained
     cache_hit, pipeline, probe, probe_acc = None, None, None, None
     cols = tap_slices(source.backbone.channels, plan.taps)
@@ -161,6 +163,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
         feats, cache_hit = _features(recipe, source, data, progress)
+        cache_hit = cache_hit if spec.cache_dir is not None else None
         fit_data = _features_data(recipe, data, feats, cols)
         d = len(cols)
         net: nn.Module = nn.Sequential(nn.Flatten(), zero_head(nn.Linear(d, k)))
