@@ -36,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
     base = [f"data.subset={args.per_class}", "data.test_subset=20", f"trainer.max_epochs={args.epochs}",
-            "trainer.accelerator=cpu", f"output.dir={tmp}", "output.plots=false", "finetune.regime=linear"]
+            "trainer.accelerator=cpu", f"output.dir={tmp}", "output.plots=false", "finetune.regime=linear",
+            "finetune.probe=sgd"]  # the same training loop both ways (the exact solver needs no epochs)
     cached = rc.load(args.recipe, base + [f"finetune.cache_dir={tmp / 'cache'}"])
     direct = rc.load(args.recipe, base + ["finetune.cache_dir=null"])
     source = ft.load_source(cached)
