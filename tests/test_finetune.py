@@ -638,3 +638,12 @@ def test_lp_ft_starts_fine_tuning_from_exactly_the_probed_head(source_run, tmp_p
     assert out["probe"]["test_acc"] == pytest.approx(linear["test_acc"])
     after = out["_module"].net.head.weight.detach()
     assert not torch.equal(after, seen["w"]) and out["frozen_stages"] == [] and out["epochs"] == 2  # then it fine-tuned
+
+
+def test_a_large_training_split_is_cross_validated_on_a_sample_and_refitted_on_all():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 8, generator=g, dtype=torch.float64) + torch.nn.functional.one_hot(y, 8).double()
+    p = lp.fit_cv(x, y, 3, folds=5, max_cv_images=100)
+    assert p.C in lp.GRID and p.folds == 5
+    torch.testing.assert_close(p.fit.weight, lp.fit(x, y, 3, p.C).weight)  # the refit saw every image
