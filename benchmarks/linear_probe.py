@@ -24,7 +24,7 @@ import torch
 from cnnlab import recipe as rc
 from cnnlab import runinfo
 from cnnlab.tasks import finetune as ft
-from cnnlab.transfer.features import cache_key, cached_features, tap_slices
+from cnnlab.transfer.features import tap_slices
 from cnnlab.transfer.probe import GRID
 
 
@@ -53,10 +53,8 @@ def main() -> None:
     r = rc.load(args.recipe, over)
     source = ft.load_source(r)
     data = ft.load_data(r, source)
-    bb, splits = source.backbone, {"train": data.train, "val": data.val, "test": data.test}
-    key = cache_key(bb, r.data, r.seed, data.image_size, splits)
-    feats, _ = cached_features(bb, splits, key, r.finetune.cache_dir, r.data.batch_size, "cpu")  # fills the cache
-    cols = tap_slices(bb.channels, (len(bb.channels) - 1,))
+    feats, _ = ft.frozen_features(r, source, data)  # fills the cache
+    cols = tap_slices(source.backbone.channels, (len(source.backbone.channels) - 1,))
     xtr, xte = feats["train"][:, cols].double(), feats["test"][:, cols].double()
     ytr, yte = data.train.labels, data.test.labels
 

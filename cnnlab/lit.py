@@ -200,9 +200,8 @@ class Classifier(pl.LightningModule):
             for n, b in self._stats.items():
                 self.net.get_buffer(n).copy_(b)
         self.trainer.save_checkpoint(ckpt)
-        weights = getattr(self.optim, "weights", None)
         raise Diverged(diverged_message(what, self.global_step, self.current_epoch, str(ckpt), self.trainer.precision,
-                                        weights.dtype if weights is not None else None), self.global_step, str(ckpt))
+                                        self.lowp.fmt.name if self.lowp is not None else None), self.global_step, str(ckpt))
 
     def configure_optimizers(self):
         lowp = (self.lowp, self.net) if self.lowp is not None else None

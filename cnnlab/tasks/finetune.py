@@ -121,7 +121,7 @@ def rebuild(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch
     return module
 
 
-def _features(recipe: Recipe, source: Source, data: ImageDataModule, progress: bool) -> tuple[dict[str, torch.Tensor], bool]:
+def frozen_features(recipe: Recipe, source: Source, data: ImageDataModule, progress: bool = False) -> tuple[dict[str, torch.Tensor], bool]:
     """The pretrained backbone's pooled taps of every split, through the feature cache."""
     bb, splits = source.backbone, {"train": data.train, "val": data.val, "test": data.test}
     key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits)
@@ -162,7 +162,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     t0 = time.perf_counter()
     if use_cache:  # the frozen backbone runs once per image; the head trains on stored features
         bb = source.backbone
-        feats, cache_hit = _features(recipe, source, data, progress)
+        feats, cache_hit = frozen_features(recipe, source, data, progress)
         cache_hit = cache_hit if spec.cache_dir is not None else None
         fit_data = _features_data(recipe, data, feats, cols)
         d = len(cols)
@@ -178,7 +178,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         net = TransferNet(bb, k, plan.taps, zero_init=plan.pretrained)
         net.set_frozen(plan.frozen)
         if plan.probe_first:  # lp-ft: the head starts as the exact probe of the pretrained features
-            feats, cache_hit = _features(recipe, source, data, progress)
+            feats, cache_hit = frozen_features(recipe, source, data, progress)
             probe = _probe(recipe, feats, cols, data, net.head)
             probe_acc = _accuracy(net.head, feats["test"][:, cols], data.test.labels)
         mean, std = ((torch.tensor(bb.mean), torch.tensor(bb.std)) if plan.pretrained else (data.mean, data.std))

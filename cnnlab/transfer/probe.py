@@ -46,8 +46,10 @@ class Probe:
                 "seconds": self.seconds}
 
 
-def _objective(z: Tensor, y: Tensor, w: Tensor, b: Tensor, lam: float) -> Tensor:
-    return F.cross_entropy(z @ w.T + b, y) + 0.5 * lam * (w * w).sum()
+def _objective(z: Tensor, y: Tensor, w: Tensor, b: Tensor | float, lam: float, mask: Tensor | None = None) -> Tensor:
+    """mean CE + lam/2 ||W||^2 (`mask`: which columns of W are penalised; Newton's W carries the bias)."""
+    penalty = w * w if mask is None else (w * mask) ** 2
+    return F.cross_entropy(z @ w.T + b, y) + 0.5 * lam * penalty.sum()
 
 
 def _newton(z: Tensor, y: Tensor, k: int, lam: float, w: Tensor, b: Tensor, tol: float, max_iter: int = 100):
@@ -58,9 +60,6 @@ def _newton(z: Tensor, y: Tensor, k: int, lam: float, w: Tensor, b: Tensor, tol:
     theta = torch.cat([w, b[:, None]], 1)  # (K, D+1)
     mask = torch.cat([z.new_ones(d), z.new_zeros(1)])  # the bias is not penalised
     onehot = F.one_hot(y, k).to(z.dtype)
-
-    def f(t: Tensor) -> Tensor:
-        return F.cross_entropy(za @ t.T, y) + 0.5 * lam * ((t * mask) ** 2).sum()
 
     it = 0
     for it in range(1, max_iter + 1):
@@ -75,8 +74,8 @@ def _newton(z: Tensor, y: Tensor, k: int, lam: float, w: Tensor, b: Tensor, tol:
         m = k * (d + 1)
         hm = h.reshape(m, m) + torch.diag((lam * mask).repeat(k)) + 1e-10 * torch.eye(m, dtype=z.dtype, device=z.device)
         step = torch.linalg.solve(hm, g.reshape(m)).reshape(k, d + 1)
-        f0, slope, t = f(theta), float((g * step).sum()), 1.0
-        while t > 1e-8 and float(f(theta - t * step)) > float(f0) - 1e-4 * t * slope:  # Armijo backtracking
+        f0, slope, t = float(_objective(za, y, theta, 0.0, lam, mask)), float((g * step).sum()), 1.0
+        while t > 1e-8 and float(_objective(za, y, theta - t * step, 0.0, lam, mask)) > f0 - 1e-4 * t * slope:  # Armijo
             t *= 0.5
         theta = theta - t * step
     return theta[:, :d].contiguous(), theta[:, d].contiguous(), it
@@ -158,7 +157,8 @@ def fit_cv(x: Tensor, y: Tensor, k: int, grid: tuple[float, ...] = GRID, folds: 
     when the problem is large; the refit solves in `dtype` to 1e-8."""
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"features must be (N, D) for {len(y)} labels, got {tuple(x.shape)}")
-    folds = min(folds, int(torch.bincount(y, minlength=k)[torch.bincount(y, minlength=k) > 0].min()))
+    counts = torch.bincount(y, minlength=k)
+    folds = min(folds, int(counts[counts > 0].min()))
     if folds < 2:
         raise ValueError("a cross-validated probe needs at least 2 training images of every class")
     t0 = time.perf_counter()
