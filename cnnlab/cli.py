@@ -196,5 +196,58 @@ def bench_conv(
                                      recipe=recipe, overrides=set_ or []))
 
 
+@app.command()
+@user_errors
+def pack(
+    src: Annotated[Optional[str], typer.Argument(help="A data source (fashion-mnist, digits, imagefolder, cifar10, packed) or a recipe YAML (its data: section).")] = None,
+    out: Annotated[Optional[Path], typer.Argument(help="The .cnnpack file to write (with --shards, the index of the shard files).")] = None,
+    split: Annotated[str, typer.Option(help="Splits to pack, comma-separated.")] = "train,test",
+    root: Annotated[Optional[str], typer.Option(help="data.root: the source's folder.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="data.image_size: images packed at this square size (px).")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="data.resize (image files): shorter (centre crop), longer (pad) or stretch.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="data.channels (image files): 3 or 1.")] = None,
+    shards: Annotated[int, typer.Option(help="Write N shard files of contiguous rows and an index file OUT.")] = 1,
+    set_: Overrides = None,
+    verify: Annotated[Optional[Path], typer.Option("--verify", help="Check a .cnnpack file's header, size and checksum instead of packing.")] = None,
+) -> None:
+    """Pack a data source into one contiguous, memory-mapped file (train: data.source packed, data.root OUT)."""
+    from cnnlab import report
+    from cnnlab.tasks import pack as task
+
+    if verify is not None:
+        if src is not None or out is not None:
+            raise UserError("--verify FILE checks a pack; give no SRC or OUT with it")
+        report.pack_summary(task.verify(verify))
+        return
+    if src is None or out is None:
+        raise UserError("missing SRC and OUT: cnnlab pack fashion-mnist data/fmnist.cnnpack (or --verify FILE)")
+    spec = task.data_spec(src, {"root": root, "image_size": image_size, "resize": resize, "channels": channels},
+                          list(set_ or []))
+    report.pack_summary(task.run(spec, out, task.parse_splits(split), shards, progress=report.byte_progress))
+
+
+@app.command("bench-data")
+@user_errors
+def bench_data(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data: section gives the training images.")] = Path("recipes/fashion_mnist.yaml"),
+    set_: Overrides = None,
+    export_folder: Annotated[Optional[Path], typer.Option(help="Write (or reuse) the images as PNG files here and keep them; default a folder in the run folder, removed after.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    repeats: Annotated[int, typer.Option(help="Passes per method (median), interleaved.")] = 3,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers of the PNG path (default: one per core).")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the pack (and PNG folder) made in the run folder.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the run folder bench-data-<time>.")] = Path("runs"),
+) -> None:
+    """Images/s of PNG files vs a packed file (cold, warm) vs in-memory tensors vs memcpy; host->device copies on a GPU."""
+    from cnnlab import recipe as rc
+    from cnnlab import report
+    from cnnlab.tasks import bench_data as task
+
+    r = rc.load(recipe, set_ or [])
+    with report.status() as on_step:
+        res = task.run(r, export_folder, limit, repeats, workers, str(out), keep, on_step=on_step)
+    report.bench_data_table(res)
+
+
 def main() -> None:
     app(prog_name="cnnlab")

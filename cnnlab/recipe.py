@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from cnnlab.augment.spec import AugmentSpec
-from cnnlab.data.spec import DataSpec
+from cnnlab.data.spec import DataSpec, placement_checks
 from cnnlab.errors import UserError
 from cnnlab.models.spec import ModelSpec
 from cnnlab.precision.spec import Optim, recipe_checks
@@ -326,7 +326,7 @@ def validate(raw: Any, source: str, lines: dict[Path_, int] | None = None, prefl
     _builder_problems(raw, found)
     _section_checks(raw, preflight, found)
     if recipe is not None:  # across sections
-        for loc, msg in recipe_checks(recipe.optim, recipe.trainer, recipe.finetune):
+        for loc, msg in recipe_checks(recipe.optim, recipe.trainer, recipe.finetune) + placement_checks(recipe.data, recipe.augment):
             _add(found, loc, msg)
         if recipe.sweep is not None and not found:
             _variant_problems(raw, recipe.sweep, preflight, found)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -95,6 +96,7 @@ def train_summary(r: dict[str, Any]) -> None:
              ("training throughput", f"{r['train_images_per_s']:,.0f} images/s"),
              ("peak host memory", f"{r['peak_memory']['host_rss_mib']:.0f} MiB"),
              ("device", f"{r['device']['type']}: {r['device']['name']}"),
+             *([("data placement", _placement(p))] if (p := r.get("placement")) else []),
              ("checkpoint", r["checkpoint"])]
     console.print(_kv_table(f"run {r['run_dir']}", rows))
     per = Table(title="per-class test accuracy", title_justify="left")
@@ -105,6 +107,11 @@ def train_summary(r: dict[str, Any]) -> None:
     console.print(per)
     if r.get("tta"):
         tta_table(r["tta"])
+
+
+def _placement(p: dict[str, Any]) -> str:
+    where = "on " + p["device"] if p["used"] == "device" else "host memory"
+    return f"{where} ({p['bytes'] / 2**20:.1f} MiB)" + (f"; asked device: {p['why']}" if p["why"] else "")
 
 
 def eval_summary(r: dict[str, Any]) -> None:
@@ -518,4 +525,82 @@ def plot_sweep_curves(r: dict[str, Any], out_png: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title("training loss per variant (mean over seeds; seeds faint)")
+    _save(fig, out_png)
+
+
+@contextmanager
+def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar of bytes written; its value advances it by n bytes."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("writing", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def status() -> Iterator[Callable[[str], None]]:
+    """A transient status line (spinner); its value sets the text."""
+    with console.status("starting") as s:
+        yield lambda text: s.update(text)
+
+
+def pack_summary(r: dict[str, Any]) -> None:
+    rows = [("source", str(r["source"])), ("images", ", ".join(f"{n} {c:,}" for n, c in r["splits"].items())),
+            ("shape", "x".join(map(str, r["shape"])) + " uint8"), ("classes", str(len(r["classes"])))]
+    rows += [("file", f"{f['file']} ({f['bytes'] / 2**20:.1f} MiB)") for f in r["files"]]
+    if "write_s" in r:
+        rows += [("read / write", f"{r['read_s']:.1f} s / {r['write_s']:.2f} s ({r['mb_per_s']:,.0f} MiB/s)")]
+    else:
+        rows += [("verified", f"header, size and SHA-256 of every file in {r['seconds']:.2f} s")]
+    sha = r["sha256"] if isinstance(r["sha256"], str) else f"{len(r['sha256'])} shards, each checked"
+    rows.append(("sha256", sha))
+    if r.get("skipped"):
+        rows.append(("left out", f"{len(r['skipped'])} unreadable files (data.bad_images: skip)"))
+    if r.get("not_applied"):
+        rows.append(("not applied", f"{', '.join('data.' + k for k in r['not_applied'])}: whole splits are packed; "
+                                    "a recipe reading the pack selects"))
+    console.print(_kv_table(f"pack {r['out']}", rows))
+
+
+def bench_data_table(r: dict[str, Any]) -> None:
+    png, copy = r["rows"][1]["images_per_s"], next(x for x in r["rows"] if x["method"] == "memcpy")["images_per_s"]
+    t = Table(title=f"{r['images']:,} images of {'x'.join(map(str, r['shape']))} uint8, batches of {r['batch_size']}, "
+                    f"median of {r['repeats']}", title_justify="left")
+    for col in ("method", "cache", "images/s", "MiB/s", "x PNG (warm)", "memcpy x slower"):
+        t.add_column(col, justify="left" if col in ("method", "cache") else "right")
+    for x in r["rows"]:
+        t.add_row(x["what"], x["cache"], f"{x['images_per_s']:,.0f}", f"{x['mb_per_s']:,.0f}",
+                  f"{x['images_per_s'] / png:,.1f}", f"{copy / x['images_per_s']:,.1f}")
+    console.print(t)
+    tg = r["targets"]
+    console.print(f"packed DataLoader / PNG DataLoader (warm): {tg['packed_over_png']:,.0f}x (target >= 10x); "
+                  f"memcpy / packed gather (warm): {tg['memcpy_over_packed']:.2f}x (target <= 2x)", highlight=False)
+    console.print(f"page cache: {', '.join(r['page_cache']) or 'no cold runs'}; PNG loader workers: {r['png_workers']}",
+                  highlight=False)
+    if r["h2d"]:
+        h = Table(title=f"host -> device copies ({r['gpu']})", title_justify="left")
+        for col in ("size", "memory, mode", "GB/s"):
+            h.add_column(col, justify="left" if col == "memory, mode" else "right")
+        for x in r["h2d"]:
+            h.add_row(f"{x['bytes'] / 2**20:,.2f} MiB", x["mode"], f"{x['gb_per_s']:.2f}")
+        console.print(h)
+    else:
+        console.print("host -> device copies: no GPU here, not measured", highlight=False)
+    console.print(f"written {r['run_dir']}/bench_data.json, bench_data.png", highlight=False)
+
+
+def plot_bench_data(r: dict[str, Any], out_png: Path) -> None:
+    """Images/s of every method (log scale), cold and warm side by side."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    rows = r["rows"]
+    labels = [f"{x['what']} ({x['cache']})" if x["bytes_from"] != "memory" else x["what"] for x in rows]
+    colours = {"files": "tab:red", "pack": "tab:blue", "memory": "tab:grey"}
+    ax.barh(labels[::-1], [x["images_per_s"] for x in rows][::-1], color=[colours[x["bytes_from"]] for x in rows][::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("images/s (median)")
+    ax.set_title(f"{r['images']:,} images {'x'.join(map(str, r['shape']))}, batches of {r['batch_size']}")
+    ax.grid(alpha=0.3, axis="x")
     _save(fig, out_png)

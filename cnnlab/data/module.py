@@ -36,7 +36,7 @@ class TensorImages(Dataset):
         epoch = None
         if idx and isinstance(idx[0], tuple):
             epoch, idx = idx[0][0], [i for _, i in idx]
-        index = torch.as_tensor(idx)
+        index = torch.as_tensor(idx, device=self.images.device)
         x = self.images.index_select(0, index)  # far faster than x[index] for a batch of images
         if self.transform:
             x = torch.stack([self._draw(im, i, epoch) for im, i in zip(x, idx)])
@@ -193,6 +193,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.skipped: list[dict[str, str]] = []  # image files left out as unreadable (data.bad_images: skip)
         self.load_s = 0.0  # seconds to read both splits
         self.files: dict = {"sizes": [], "cached": False}  # image files: original sizes, whether from the cache
+        self.placement: dict | None = None  # where the images live while training: see place()
+        self._placed: dict[str, tuple[Tensor, Tensor]] = {}  # split name -> (images, labels) on the device
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -235,29 +237,71 @@ class ImageDataModule(pl.LightningDataModule):
     def image_size(self) -> int:
         return self.train.images.shape[-1]
 
-    def _loader(self, split: Split, train: bool, transform: Callable | None = None) -> DataLoader:
-        ds = TensorImages(split.images, split.labels, transform, self.seed)
+    def _device(self) -> torch.device:
+        """The device this process trains on, from the strategy (CPU when not in a Trainer)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _tensors(self, name: str) -> tuple[Tensor, Tensor]:
+        """A split's (images, labels) where the placement puts them: for `device`, all three splits
+        go to the accelerator once (after a check of its free memory), and stay there."""
+        device = self._device()
+        if self.placement is None or self.placement["device"] != str(device):
+            splits = [s for s in (self.train, self.val, self.test) if s is not None]
+            nbytes = sum(s.images.nbytes + s.labels.nbytes for s in splits)
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" and self.spec.placement == "device" else None
+            self.placement = place(self.spec.placement, device, nbytes, free)
+            self._placed = {}
+            if self.placement["why"]:
+                from pytorch_lightning.utilities import rank_zero_warn
+
+                rank_zero_warn(self.placement["why"])
+        split = getattr(self, name)
+        if self.placement["used"] != "device":
+            return split.images, split.labels
+        if name not in self._placed:  # on a CPU .to() returns the very same tensors: one code path
+            self._placed[name] = (split.images.to(device), split.labels.to(device))
+        return self._placed[name]
+
+    def _loader(self, name: str, train: bool, transform: Callable | None = None) -> DataLoader:
+        images, labels = self._tensors(name)
+        ds = TensorImages(images, labels, transform, self.seed)
         trainer = self.trainer
         rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch = per_process_batch(self.spec.batch_size, processes)
         sampler = (EpochShuffle(len(ds), self.seed, self.spec.batch_size, rank, processes, tag_epoch=transform is not None) if train
                    else Shard(len(ds), rank, processes))
         w = self.spec.num_workers
+        pin = images.device.type == "cpu" and self._device().type == "cuda"  # then Lightning copies with non_blocking
         return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=_batch, num_workers=w,
-                          persistent_workers=w > 0)
+                          persistent_workers=w > 0, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, True, self.train_transform)
+        return self._loader("train", True, self.train_transform)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, False)
+        return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test, False)
+        return self._loader("test", False)
 
 
 def _take(split: Split, idx: Tensor) -> Split:
     return Split(split.images[idx], split.labels[idx], split.classes)
+
+
+DEVICE_SHARE = 0.5  # at most this fraction of the accelerator's free memory holds data (the rest: model, activations)
+
+
+def place(asked: str, device: torch.device, nbytes: int, free: int | None) -> dict:
+    """Where the images live while training: `device` puts the whole uint8 set on the accelerator
+    when it takes at most DEVICE_SHARE of its free memory, else falls back to host memory and says
+    why. On a CPU the device is the host: both placements use host memory, by the same code path."""
+    plan = {"asked": asked, "used": asked, "device": str(device), "bytes": nbytes, "free": free, "why": None}
+    if asked == "device" and free is not None and nbytes > DEVICE_SHARE * free:
+        plan["used"] = "host"
+        plan["why"] = (f"data.placement device: the images take {nbytes / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the "
+                       f"{free / 2**30:.2f} GiB free on {device}; batches come from pinned host memory instead")
+    return plan
 
 
 IMBALANCE = 2.0  # largest / smallest training class at which the data report warns

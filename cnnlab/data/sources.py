@@ -13,6 +13,7 @@ from torch import Tensor
 
 from cnnlab.data.images import Decode, decode_files
 from cnnlab.errors import UserError
+from cnnlab.pack import open_pack
 from cnnlab.registry import Registry
 
 FASHION_MNIST_ROOTS = (Path("/usr/share/datasets/fashion-mnist"), Path("data/fashion-mnist"))
@@ -169,3 +170,21 @@ def cifar10(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
         raise UserError(f"data.root: CIFAR-10 not found or corrupt under {root} ({e})") from None
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return Split(x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of pack files whose checksum passed here
+
+
+@SOURCES.register("packed")
+def packed(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
+    """A file written by `cnnlab pack` (data.root: the .cnnpack file). The split's images are a
+    memory map of the file: a subset reads only its own rows. The payload's checksum is verified
+    once per process, so a corrupt file stops the run before training on it."""
+    if root is None:
+        raise UserError("data.root: the packed source needs data.root, the .cnnpack file (`cnnlab pack SRC OUT.cnnpack` writes one)")
+    st = Path(root).stat() if Path(root).is_file() else None
+    key = (str(Path(root).resolve()), st.st_size, st.st_mtime_ns) if st else None
+    pack = open_pack(Path(root), check=key not in _VERIFIED)
+    _VERIFIED.add(key)
+    s = pack.split(split)
+    return Split(s.images, s.labels, pack.classes)

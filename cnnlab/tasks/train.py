@@ -154,6 +154,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
         "images": {"train": len(a.data.train.labels), "val": len(a.data.val.labels), "test": len(a.data.test.labels)},
         "skipped_images": a.data.skipped,
         "data": data_report,
+        "placement": a.data.placement,
         "parameters": weights["parameters"],
         "weights": weights,
         "device": runinfo.device_info(trainer),
