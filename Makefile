@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test bench fast source transfer stacking precision clean
+.PHONY: setup data demo test bench fast source transfer stacking precision packed clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,7 @@ bench: setup data
 	$(PY) benchmarks/tta_throughput.py
 	$(PY) benchmarks/cpu_data_parallel.py
 	$(VENV)/bin/cnnlab bench-conv --stacking
+	$(VENV)/bin/cnnlab bench-data
 
 # Fashion-MNIST to 93% in under 5 minutes of training on 2 CPU cores, test-time augmentation after
 fast: setup data
@@ -52,6 +53,13 @@ stacking: setup data
 # float32, bf16-mixed, bf16-true and 16-bit weights (bf16, fixed16) rounded to nearest or stochastically, 2 seeds (~11 min)
 precision: setup data
 	$(VENV)/bin/cnnlab train recipes/precision_sweep.yaml --sweep
+
+# Fashion-MNIST packed into one memory-mapped file, then the demo trained from it (the same run as `make demo`)
+packed: data/fashion-mnist.cnnpack
+	$(VENV)/bin/cnnlab train recipes/fashion_mnist_packed.yaml
+data/fashion-mnist.cnnpack: | setup data
+	@mkdir -p data
+	$(VENV)/bin/cnnlab pack fashion-mnist $@
 
 clean:
 	rm -rf runs .pytest_cache

@@ -300,10 +300,10 @@ def test_bench_data_end_to_end_on_a_tiny_subset(cli, tmp_path):
     r = json.loads((run / "bench_data.json").read_text())
     assert r["images"] == 64 and r["shape"] == [1, 28, 28] and r["png_exported_now"]
     assert [x["method"] for x in r["rows"]] == ["png-cold", "png-warm", "packed-loader-cold", "packed-loader-warm",
-                                                 "packed-gather-cold", "packed-gather-warm", "memory-loader",
-                                                 "memory-gather", "memcpy"]
+                                                 "packed-gather-cold", "packed-gather-warm", "packed-gather-hot",
+                                                 "memory-loader", "memory-gather", "memcpy"]
     assert all(x["images_per_s"] > 0 and len(x["seconds"]) == 1 for x in r["rows"])
-    assert all(r["same_images"].values()) and len(r["same_images"]) == 8  # every method read the same first batch
+    assert all(r["same_images"].values()) and len(r["same_images"]) == 9  # every method read the same first batch
     assert r["page_cache"] and r["h2d"] is None and "no GPU here, not measured" in res.output
     assert (run / "bench_data.png").stat().st_size > 0 and not (run / "data").exists()  # scratch removed
     assert len(list(png.rglob("*.png"))) == 64
