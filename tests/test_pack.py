@@ -314,3 +314,20 @@ def test_bench_data_end_to_end_on_a_tiny_subset(cli, tmp_path):
     (other / "x.txt").write_text("mine")
     res = cli(*args, "--export-folder", str(other))
     assert res.exit_code == 2 and "is not empty and holds no export of these images" in res.output
+
+
+def test_a_pack_at_an_image_size_feeds_the_same_batches_as_resizing_the_source(cli, tmp_path):
+    """Packing resizes whole splits, a run from the source resizes its selection: per image, the same."""
+    out = tmp_path / "d16.cnnpack"
+    assert cli("pack", "digits", str(out), "--image-size", "16").exit_code == 0
+    spec = dict(image_size=16, classes=[1, 3, 5], subset=40, val_split=0.2, batch_size=32)
+    a = ImageDataModule(DataSpec(source="digits", **spec), seed=2)
+    b = ImageDataModule(DataSpec(source="packed", root=str(out), **spec), seed=2)
+    for dm in (a, b):
+        dm.setup()
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(a, name).images, getattr(b, name).images)
+        assert torch.equal(getattr(a, name).labels, getattr(b, name).labels)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+    for (xa, ya), (xb, yb) in zip(a.train_dataloader(), b.train_dataloader()):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
