@@ -533,6 +533,9 @@ def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
     """A transient progress bar of bytes written; its value advances it by n bytes."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    if not console.is_terminal:  # nothing to redraw in a log
+        yield lambda n: None
+        return
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("writing", total=total)
@@ -542,6 +545,9 @@ def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
 @contextmanager
 def status() -> Iterator[Callable[[str], None]]:
     """A transient status line (spinner); its value sets the text."""
+    if not console.is_terminal:
+        yield lambda text: None
+        return
     with console.status("starting") as s:
         yield lambda text: s.update(text)
 

@@ -331,3 +331,27 @@ def test_a_pack_at_an_image_size_feeds_the_same_batches_as_resizing_the_source(c
     assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
     for (xa, ya), (xb, yb) in zip(a.train_dataloader(), b.train_dataloader()):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_file(cli, tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("cnnlab.pack.format._write_file", full)
+    res = cli("pack", "digits", str(tmp_path / "d.cnnpack"))
+    assert res.exit_code == 2
+    assert res.output == f"error: {tmp_path / 'd.cnnpack'}: cannot write the pack (No space left on device); nothing was left under its name\n"
+    assert list(tmp_path.glob("*cnnpack*")) == []
+
+
+def test_training_and_repacking_from_shards(cli, tmp_path):
+    out = tmp_path / "d.cnnpack"
+    assert cli("pack", "digits", str(out), "--shards", "2").exit_code == 0
+    res = _train_packed(cli, out)
+    assert res.exit_code == 0, res.output
+    again = tmp_path / "one.cnnpack"
+    assert cli("pack", "packed", str(again), "--root", str(out)).exit_code == 0  # shards -> one file
+    one, two = pack.open_pack(again).split("train"), pack.open_pack(out).split("train")
+    assert torch.equal(one.images, two.images) and torch.equal(one.labels, two.labels)

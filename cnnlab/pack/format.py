@@ -151,6 +151,8 @@ def write(out: Path, splits: dict[str, SplitData], meta: dict, shards: int = 1,
             _write_file(temps[-1], index, [], advance)
         for tmp, final in zip(temps, targets + ([out] if shards > 1 else [])):
             os.replace(tmp, final)  # the file at `out` is the last to appear
+    except OSError as e:  # a full disk, a folder without write permission
+        raise UserError(f"{out}: cannot write the pack ({e.strerror or e}); nothing was left under its name") from None
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
