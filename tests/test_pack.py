@@ -198,6 +198,8 @@ def test_training_from_a_pack_is_bit_identical_to_training_from_the_idx_files(cl
     wa, wb = (torch.load(runs[k] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for k in ("idx", "packed"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert b["data"]["source"] == "packed" and b["placement"]["used"] == "host"
+    assert b["data"]["pack"] == {"file": str(out), "version": 1, "packed_from": "fashion-mnist",
+                                 "sha256": pack.read_header(out)["sha256"]}
 
 
 def test_a_pack_without_the_split_a_recipe_needs(cli, tmp_path):

@@ -324,6 +324,12 @@ def describe(dm: ImageDataModule) -> dict:
         out["files"] = {"decoded": len(files["sizes"]), "cached": files["cached"], "width": [min(ws), max(ws)],
                         "height": [min(hs), max(hs)], "smallest": list(px[0]), "largest": list(px[-1]),
                         "resize": dm.spec.decode().resize}
+    if dm.spec.source == "packed":  # which pack, exactly: its checksum(s) and what it was packed from
+        from cnnlab.pack import read_header
+
+        h = read_header(Path(dm.spec.root))
+        out["pack"] = {"file": dm.spec.root, "version": h["version"], "packed_from": h.get("source"),
+                       "sha256": [x["sha256"] for x in h["shards"]] if h["kind"] == "index" else h["sha256"]}
     fit = {c: splits["train"][c] + splits["val"][c] for c in splits["train"]}
     big, small = max(fit, key=fit.get), min(fit, key=fit.get)
     if fit[small] == 0 or fit[big] / fit[small] >= IMBALANCE:
