@@ -1,6 +1,7 @@
 """Packed datasets (`cnnlab pack`, data.source packed), data.placement, and `cnnlab bench-data`."""
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from cnnlab import pack
 from cnnlab.data import ImageDataModule, SOURCES
 from cnnlab.data.module import place
 from cnnlab.data.spec import DataSpec
-from cnnlab.errors import UserError
 from cnnlab.pack.format import ALIGN, PREAMBLE
 
 from conftest import RECIPES
@@ -152,7 +152,7 @@ def test_verify_passes_a_good_file_and_every_reader_refuses_a_damaged_one(cli, t
         res = cli("pack", "--verify", str(path))
         assert res.exit_code == 2, name
         assert res.output.startswith(f"error: {path}") and len(res.output.strip().splitlines()) == 1, res.output
-        assert pytest.importorskip("re").search(message, res.output), (name, res.output)
+        assert re.search(message, res.output), (name, res.output)
         res = _train_packed(cli, path)  # training refuses it too, before any folder is made
         assert res.exit_code == 2 and str(path) in res.output, (name, res.output)
         assert not cli.runs.exists()

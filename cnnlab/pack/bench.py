@@ -83,10 +83,6 @@ def drop_cache(paths: list[Path]) -> str:
     return "posix_fadvise(DONTNEED) per file (drop_caches not permitted)"
 
 
-def _pil_loader(channels: int):
-    return _Loader(channels)
-
-
 class _Loader:
     """ImageFolder's loader keeping the images' own channel count (its default makes every file RGB)."""
 
@@ -106,7 +102,7 @@ def png_loader(folder: Path, order: Tensor, batch_size: int, workers: int, chann
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(str(folder), transform=transforms.PILToTensor(), loader=_pil_loader(channels))
+    ds = ImageFolder(str(folder), transform=transforms.PILToTensor(), loader=_Loader(channels))
     position = torch.empty(len(ds.samples), dtype=torch.int64)
     for pos, (path, _) in enumerate(ds.samples):
         position[int(Path(path).stem)] = pos
