@@ -357,3 +357,33 @@ def test_training_and_repacking_from_shards(cli, tmp_path):
     assert cli("pack", "packed", str(again), "--root", str(out)).exit_code == 0  # shards -> one file
     one, two = pack.open_pack(again).split("train"), pack.open_pack(out).split("train")
     assert torch.equal(one.images, two.images) and torch.equal(one.labels, two.labels)
+
+
+def test_a_packed_run_reads_its_batches_from_the_map_and_gathers_nothing_whole(tmp_path):
+    """Subsets, the validation split and the statistics compose rows of the map; loaders gather batch by
+    batch; the batches, statistics and report equal the source's. Only asking for `.images` gathers."""
+    from cnnlab import recipe as rc
+    from cnnlab.data.module import describe
+    from cnnlab.data.sources import MappedSplit
+    from cnnlab.tasks.train import assemble
+
+    out = _packed(tmp_path)
+    spec = dict(classes=[0, 2, 4, 6], subset=50, test_subset=20, val_split=0.2, batch_size=16)
+    a = ImageDataModule(DataSpec(source="digits", **spec), seed=1)
+    b = ImageDataModule(DataSpec(source="packed", root=str(out), **spec), seed=1)
+    for dm in (a, b):
+        dm.setup()
+    splits = ("train", "val", "test")
+    assert all(isinstance(getattr(b, n), MappedSplit) and getattr(b, n).mapped for n in splits)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+    for make in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        for (xa, ya), (xb, yb) in zip(getattr(a, make)(), getattr(b, make)(), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert b.train_dataloader().dataset.images is b.train.base  # the loader reads the map itself
+    assert (b.in_channels, b.image_size, b.num_classes) == (a.in_channels, a.image_size, a.num_classes)
+    assert describe(a)["splits"] == describe(b)["splits"] and describe(b)["shape"] == [1, 8, 8]
+    assert all(getattr(b, n).mapped for n in splits)  # after all that, nothing was gathered whole
+    assert torch.equal(b.train.images, a.train.images) and not b.train.mapped  # asked: gathered once
+    r = rc.load(RECIPES / "smoke.yaml", ["data.source=packed", f"data.root={out}", "eval.tta=[hflip]"])
+    assembled = assemble(r)  # what `cnnlab train` builds: the model, no augmentation ops
+    assert assembled.data.train.mapped and assembled.data.test.mapped

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cnnlab.data.sources import SOURCES, Split, resize
+from cnnlab.data.sources import SOURCES, MappedSplit, Split, resize
 from cnnlab.errors import UserError
 from cnnlab.data.spec import DataSpec
 
@@ -23,8 +24,9 @@ class TensorImages(Dataset):
     (seed, epoch, index): a resumed run, and any number of processes or workers, draw the same."""
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, rows: Tensor | None = None):
         self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
+        self.rows = rows  # the dataset's image i is images[rows[i]] (a packed split read from its map)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,7 +39,7 @@ class TensorImages(Dataset):
         if idx and isinstance(idx[0], tuple):
             epoch, idx = idx[0][0], [i for _, i in idx]
         index = torch.as_tensor(idx, device=self.images.device)
-        x = self.images.index_select(0, index)  # far faster than x[index] for a batch of images
+        x = self.images.index_select(0, index if self.rows is None else self.rows[index])  # far faster than x[index]
         if self.transform:
             x = torch.stack([self._draw(im, i, epoch) for im, i in zip(x, idx)])
         return x, self.labels.index_select(0, index)
@@ -147,8 +149,9 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
         raise UserError(f"data.classes: {bad} out of range; this source has classes 0..{n - 1}")
     remap = torch.full((n,), -1, dtype=torch.int64)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
-    keep = remap[split.labels] >= 0
-    return Split(split.images[keep], remap[split.labels[keep]], [split.classes[c] for c in classes])
+    out = split.take(torch.nonzero(remap[split.labels] >= 0).flatten())
+    out.labels, out.classes = remap[out.labels], [split.classes[c] for c in classes]
+    return out
 
 
 def unreadable(*splits: Split, policy: str) -> list[dict[str, str]]:
@@ -167,19 +170,22 @@ def unreadable(*splits: Split, policy: str) -> list[dict[str, str]]:
 STATS_CHUNK = 64  # images summed at a time: 1,000 photos at 224 px as float would be 600 MB, twice
 
 
-def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
+def channel_stats(images: Tensor | Split) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (unbiased) std: of uint8 images in [0, 1] units, of float data as it is.
-    Sums in float64 over chunks of images, so memory stays at one chunk however large the split."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    Sums in float64 over chunks of images, so memory stays at one chunk however large the split
+    (a packed split's chunks are gathered from its map, one at a time)."""
+    shape = images.shape
+    total = torch.zeros(shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for chunk in images.split(STATS_CHUNK):
-        x = chunk.double()
+    dtype = images.dtype if isinstance(images, Tensor) else torch.uint8
+    for chunk in (images.chunks(STATS_CHUNK) if isinstance(images, Split) else images.split(STATS_CHUNK)):
+        x, dtype = chunk.double(), chunk.dtype
         total += x.sum((0, 2, 3))
         squares += x.square().sum((0, 2, 3))
-    n = images.numel() // images.shape[1]
+    n = math.prod(shape) // shape[1]
     mean = total / n
     var = (squares - n * mean.square()) / max(n - 1, 1)
-    scale = 255.0 if images.dtype == torch.uint8 else 1.0
+    scale = 255.0 if dtype == torch.uint8 else 1.0
     return (mean / scale).float(), (var.clamp_min(0).sqrt() / scale).float().clamp_min(1e-6)
 
 
@@ -194,7 +200,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.load_s = 0.0  # seconds to read both splits
         self.files: dict = {"sizes": [], "cached": False}  # image files: original sizes, whether from the cache
         self.placement: dict | None = None  # where the images live while training: see place()
-        self._placed: dict[str, tuple[Tensor, Tensor]] = {}  # split name -> (images, labels) on the device
+        self._placed: dict[str, tuple[Tensor, Tensor, None]] = {}  # split name -> (images, labels) on the device
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -214,8 +220,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.train, self.val = _take(full, tr), _take(full, va)
         self.test = test
         for split in (self.train, self.val, self.test):
-            split.images = resize(split.images, s.image_size)
-        self.mean, self.std = channel_stats(self.train.images)
+            if s.image_size is not None and split.shape[-2:] != (s.image_size, s.image_size):
+                split.images = resize(split.images, s.image_size)
+        self.mean, self.std = channel_stats(self.train)
 
     @classmethod
     def from_splits(cls, spec: DataSpec, seed: int, train: Split, val: Split, test: Split) -> "ImageDataModule":
@@ -231,23 +238,23 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.shape[1]
 
     @property
     def image_size(self) -> int:
-        return self.train.images.shape[-1]
+        return self.train.shape[-1]
 
     def _device(self) -> torch.device:
         """The device this process trains on, from the strategy (CPU when not in a Trainer)."""
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
-    def _tensors(self, name: str) -> tuple[Tensor, Tensor]:
-        """A split's (images, labels) where the placement puts them: for `device`, all three splits
-        go to the accelerator once (after a check of its free memory), and stay there."""
+    def _tensors(self, name: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A split's (images, labels, rows) where the placement puts them: for `device`, all three
+        splits go to the accelerator once (after a check of its free memory), and stay there; on the
+        host a packed split stays in its map (rows: which of the map's images are the split's)."""
         device = self._device()
         if self.placement is None or self.placement["device"] != str(device):
-            splits = [s for s in (self.train, self.val, self.test) if s is not None]
-            nbytes = sum(s.images.nbytes + s.labels.nbytes for s in splits)
+            nbytes = sum(s.nbytes for s in (self.train, self.val, self.test) if s is not None)
             free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" and self.spec.placement == "device" else None
             self.placement = place(self.spec.placement, device, nbytes, free)
             self._placed = {}
@@ -257,14 +264,16 @@ class ImageDataModule(pl.LightningDataModule):
                 rank_zero_warn(self.placement["why"])
         split = getattr(self, name)
         if self.placement["used"] != "device":
-            return split.images, split.labels
+            if isinstance(split, MappedSplit) and split.mapped:
+                return split.base, split.labels, split.rows
+            return split.images, split.labels, None
         if name not in self._placed:  # on a CPU .to() returns the very same tensors: one code path
-            self._placed[name] = (split.images.to(device), split.labels.to(device))
+            self._placed[name] = (split.images.to(device), split.labels.to(device), None)
         return self._placed[name]
 
     def _loader(self, name: str, train: bool, transform: Callable | None = None) -> DataLoader:
-        images, labels = self._tensors(name)
-        ds = TensorImages(images, labels, transform, self.seed)
+        images, labels, rows = self._tensors(name)
+        ds = TensorImages(images, labels, transform, self.seed, rows)
         trainer = self.trainer
         rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch = per_process_batch(self.spec.batch_size, processes)
@@ -286,7 +295,7 @@ class ImageDataModule(pl.LightningDataModule):
 
 
 def _take(split: Split, idx: Tensor) -> Split:
-    return Split(split.images[idx], split.labels[idx], split.classes)
+    return split.take(idx)
 
 
 DEVICE_SHARE = 0.5  # at most this fraction of the accelerator's free memory holds data (the rest: model, activations)
@@ -315,7 +324,7 @@ def describe(dm: ImageDataModule) -> dict:
         return {c: int((split.labels == i).sum()) for i, c in enumerate(split.classes)}
 
     splits = {name: per_class(s) for name, s in (("train", dm.train), ("val", dm.val), ("test", dm.test))}
-    out: dict = {"source": dm.spec.source, "shape": list(dm.train.images.shape[1:]), "load_s": round(dm.load_s, 3),
+    out: dict = {"source": dm.spec.source, "shape": list(dm.train.shape[1:]), "load_s": round(dm.load_s, 3),
                  "splits": splits, "skipped": dm.skipped, "warnings": []}
     files = dm.files
     if files["sizes"]:

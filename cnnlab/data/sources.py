@@ -31,6 +31,70 @@ class Split:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # image files: each one's original (width, height)
     cached: bool = False  # image files: decoded tensors read from the cache
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(N, C, H, W), without reading a pixel."""
+        return tuple(self.images.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    def take(self, idx: Tensor) -> "Split":
+        """The images and labels at `idx`."""
+        return Split(self.images[idx], self.labels[idx], self.classes)
+
+    def chunks(self, n: int):
+        """The images, n at a time, in order."""
+        return self.images.split(n)
+
+
+class MappedSplit(Split):
+    """A split of a memory-mapped pack: `base` is the whole packed split (a map of the file) and
+    `rows` this split's images in it (None: all, in order). Subsets compose rows and read nothing;
+    the data module's loaders and statistics gather rows as they go. `images` gathers every row, once,
+    for whatever asks for all of them (augmentation fitting, a feature cache); a resized split holds
+    its images like any other."""
+
+    def __init__(self, base: Tensor, labels: Tensor, classes: list[str], rows: Tensor | None = None):
+        self.base, self.rows, self._images = base, rows, None
+        self.labels, self.classes = labels, classes
+        self.skipped, self.sizes, self.cached = [], [], False
+
+    @property
+    def images(self) -> Tensor:
+        if self._images is None:
+            self._images = self.base if self.rows is None else self.base.index_select(0, self.rows)
+        return self._images
+
+    @images.setter
+    def images(self, value: Tensor) -> None:
+        self._images = value
+
+    @property
+    def mapped(self) -> bool:
+        """True while the images are still read from the map (nothing gathered whole)."""
+        return self._images is None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.labels), *self.base.shape[1:]) if self.mapped else tuple(self._images.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.labels) * self.base[:1].nbytes + self.labels.nbytes if self.mapped else super().nbytes
+
+    def take(self, idx: Tensor) -> Split:
+        if not self.mapped:
+            return super().take(idx)
+        return MappedSplit(self.base, self.labels[idx], self.classes, idx if self.rows is None else self.rows[idx])
+
+    def chunks(self, n: int):
+        if not self.mapped:
+            return super().chunks(n)
+        rows = self.rows if self.rows is not None else torch.arange(len(self.labels))
+        return (self.base.index_select(0, r) for r in rows.split(n))
+
 
 Source = Callable[[Path | None, str, Decode], Split]  # sources of fixed-size arrays ignore Decode
 SOURCES: Registry[Source] = Registry("data source")
@@ -187,4 +251,4 @@ def packed(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     pack = open_pack(Path(root), check=key not in _VERIFIED)
     _VERIFIED.add(key)
     s = pack.split(split)
-    return Split(s.images, s.labels, pack.classes)
+    return MappedSplit(s.images, s.labels, pack.classes)

@@ -44,9 +44,10 @@ def assemble(recipe: Recipe) -> Assembled:
     net = build_model(recipe.model.name, data.in_channels, data.num_classes, **recipe.model.kwargs())
     impl = recipe.model.conv_impl
     conv = None if impl == "direct" else summary(impl, swap(net, impl))
-    pipeline = build_pipeline(recipe.augment.ops, data.train.images)
+    # fitted to the training images; without ops a packed split is never gathered whole
+    pipeline = build_pipeline(recipe.augment.ops, data.train.images) if recipe.augment.ops else None
     if pipeline is not None and recipe.augment.where == "loader":
-        data.train_transform = per_sample_transform(pipeline, tuple(data.train.images.shape[-2:]))
+        data.train_transform = per_sample_transform(pipeline, tuple(data.train.shape[-2:]))
     device_aug = pipeline if recipe.augment.where == "device" else None
     module = Classifier(net, data.num_classes, data.mean, data.std, augment=device_aug, **module_args(recipe))
     return Assembled(data, module, pipeline, conv)
@@ -114,7 +115,7 @@ def run(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback]
     if recipe.eval.tta:  # views that do not fit the images: an error before any folder is made
         from cnnlab.tasks.eval_tta import checked
 
-        checked(recipe, recipe.eval.tta, a.data.test.images[:1])
+        checked(recipe, recipe.eval.tta, a.data.test.take(torch.arange(min(1, len(a.data.test.labels)))).images)
     has_val = len(a.data.val.labels) > 0
     ckpt_path = last_checkpoint(resume) if resume is not None else None
     folder = runinfo.RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
