@@ -214,10 +214,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.skipped = unreadable(full, test, policy=s.bad_images)
         self.files = {"sizes": full.sizes + test.sizes, "cached": full.cached and test.cached}
         full, test = select_classes(full, s.classes), select_classes(test, s.classes)
-        full = _take(full, per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
-        test = _take(test, per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
+        full = full.take(per_class(full.labels, s.subset, purpose_generator(self.seed, "train-subset")))
+        test = test.take(per_class(test.labels, s.test_subset, purpose_generator(self.seed, "test-subset")))
         tr, va = stratified_split(full.labels, s.val_split, purpose_generator(self.seed, "val"))
-        self.train, self.val = _take(full, tr), _take(full, va)
+        self.train, self.val = full.take(tr), full.take(va)
         self.test = test
         for split in (self.train, self.val, self.test):
             if s.image_size is not None and split.shape[-2:] != (s.image_size, s.image_size):
@@ -294,10 +294,6 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
-def _take(split: Split, idx: Tensor) -> Split:
-    return split.take(idx)
-
-
 DEVICE_SHARE = 0.5  # at most this fraction of the accelerator's free memory holds data (the rest: model, activations)
 
 
@@ -334,11 +330,11 @@ def describe(dm: ImageDataModule) -> dict:
                         "height": [min(hs), max(hs)], "smallest": list(px[0]), "largest": list(px[-1]),
                         "resize": dm.spec.decode().resize}
     if dm.spec.source == "packed":  # which pack, exactly: its checksum(s) and what it was packed from
-        from cnnlab.pack import read_header
+        from cnnlab.pack import checksums, read_header
 
         h = read_header(Path(dm.spec.root))
         out["pack"] = {"file": dm.spec.root, "version": h["version"], "packed_from": h.get("source"),
-                       "sha256": [x["sha256"] for x in h["shards"]] if h["kind"] == "index" else h["sha256"]}
+                       "sha256": checksums(h)}
     fit = {c: splits["train"][c] + splits["val"][c] for c in splits["train"]}
     big, small = max(fit, key=fit.get), min(fit, key=fit.get)
     if fit[small] == 0 or fit[big] / fit[small] >= IMBALANCE:

@@ -15,20 +15,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cnnlab.data.images import workers
 from cnnlab.data.module import TensorImages
 from cnnlab.errors import UserError
 from cnnlab.pack.format import open_pack
+from cnnlab.runinfo import write_json
+from cnnlab.transfer.features import digest
 
 EXPORT_MARK = ".cnnlab-export.json"  # what an exported folder holds, so a second run reuses it
 H2D_BYTES = 256 << 20  # a large copy for the bandwidth rows; one batch is the other size
-
-
-def digest(images: Tensor, labels: Tensor) -> str:
-    import hashlib
-
-    h = hashlib.sha256(images.contiguous().numpy().data)
-    h.update(labels.numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def _png_name(folder: Path, label: int, i: int) -> Path:
@@ -41,7 +36,7 @@ def export_pngs(images: Tensor, labels: Tensor, folder: Path, advance: Callable[
     from PIL import Image
 
     folder = Path(folder)
-    mark = {"images": len(labels), "shape": list(images.shape[1:]), "digest": digest(images, labels)}
+    mark = {"images": len(labels), "shape": list(images.shape[1:]), "digest": digest(images) + digest(labels)}
     if (folder / EXPORT_MARK).is_file() and json.loads((folder / EXPORT_MARK).read_text()) == mark:
         return False
     if folder.exists() and any(folder.iterdir()):
@@ -54,10 +49,10 @@ def export_pngs(images: Tensor, labels: Tensor, folder: Path, advance: Callable[
         a = arr[i][..., 0] if arr.shape[-1] == 1 else arr[i]
         Image.fromarray(a).save(_png_name(folder, int(labels[i]), i))
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
         for _ in pool.map(save, range(len(labels))):
             advance()
-    (folder / EXPORT_MARK).write_text(json.dumps(mark))
+    write_json(folder / EXPORT_MARK, mark)  # last, renamed into place: a folder without it is not an export
     return True
 
 

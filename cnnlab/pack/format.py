@@ -133,7 +133,8 @@ def write(out: Path, splits: dict[str, SplitData], meta: dict, shards: int = 1,
 
     per_split = {name: cuts(len(s.labels)) for name, s in splits.items()}
     targets = shard_names(out, shards) if shards > 1 else [out]
-    temps = [_tmp(t) for t in targets] + ([_tmp(out)] if shards > 1 else [])
+    finals = targets + ([out] if shards > 1 else [])  # the index file last
+    temps = [_tmp(f) for f in finals]
     try:
         headers = []
         for i, target in enumerate(targets):
@@ -149,14 +150,14 @@ def write(out: Path, splits: dict[str, SplitData], meta: dict, shards: int = 1,
                                  "rows": {n: h["splits"][n]["rows"] for n in splits}}
                                 for i, (t, h) in enumerate(zip(targets, headers))]}
             _write_file(temps[-1], index, [], advance)
-        for tmp, final in zip(temps, targets + ([out] if shards > 1 else [])):
+        for tmp, final in zip(temps, finals):
             os.replace(tmp, final)  # the file at `out` is the last to appear
     except OSError as e:  # a full disk, a folder without write permission
         raise UserError(f"{out}: cannot write the pack ({e.strerror or e}); nothing was left under its name") from None
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
-    return targets + ([out] if shards > 1 else [])
+    return finals
 
 
 # --------------------------------------------------------------------------- reading
@@ -202,14 +203,11 @@ def read_header(path: Path) -> dict:
     return header
 
 
-def payload_sha256(path: Path, header_offset: int | None = None) -> str:
+def payload_sha256(path: Path) -> str:
     """SHA-256 of the payload: every byte between the preamble's page and the header."""
-    path = Path(path)
-    if header_offset is None:
-        with open(path, "rb") as f:
-            header_offset = PREAMBLE.unpack(f.read(PREAMBLE.size))[3]
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        header_offset = PREAMBLE.unpack(f.read(PREAMBLE.size))[3]
         f.seek(ALIGN)
         left = header_offset - ALIGN
         while left > 0:
@@ -221,13 +219,17 @@ def payload_sha256(path: Path, header_offset: int | None = None) -> str:
     return h.hexdigest()
 
 
-def files_of(path: Path) -> list[Path]:
-    """The data files of a pack: the file itself, or the shards its index lists."""
-    path = Path(path)
-    header = read_header(path)
+def files_of(path: Path, header: dict) -> list[Path]:
+    """The data files of the pack at `path` whose header is `header`: the file itself, or the shards
+    its index lists."""
     if header["kind"] == "index":
-        return [path.with_name(s["file"]) for s in header["shards"]]
-    return [path]
+        return [Path(path).with_name(s["file"]) for s in header["shards"]]
+    return [Path(path)]
+
+
+def checksums(header: dict) -> str | list[str]:
+    """The payload SHA-256 of a pack: one, or one per shard for an index file."""
+    return [s["sha256"] for s in header["shards"]] if header["kind"] == "index" else header["sha256"]
 
 
 def verify(path: Path) -> dict:
@@ -280,12 +282,12 @@ class PackedSplit:
                 return x[a - s: b - s]
         return self.take(torch.arange(a, b))
 
-    def take(self, idx: Tensor, out: Tensor | None = None) -> Tensor:
-        """The images at `idx` (any order), gathered from the map(s) into `out` or a new tensor."""
+    def take(self, idx: Tensor) -> Tensor:
+        """The images at `idx` (any order), gathered from the map(s)."""
         if len(self.parts) == 1:
-            return torch.index_select(self.parts[0][0], 0, idx, out=out) if out is not None else self.parts[0][0].index_select(0, idx)
+            return self.parts[0][0].index_select(0, idx)
         x0 = self.parts[0][0]
-        res = out if out is not None else torch.empty((len(idx), *x0.shape[1:]), dtype=x0.dtype)
+        res = torch.empty((len(idx), *x0.shape[1:]), dtype=x0.dtype)
         for (x, _, _), s in zip(self.parts, self.starts):
             where = torch.nonzero((idx >= s) & (idx < s + len(x))).flatten()
             if len(where):
@@ -322,7 +324,7 @@ def open_pack(path: Path, check: bool = False) -> Pack:
     file are always checked; `check` also verifies the payload checksums (reads every byte once)."""
     path = Path(path)
     header = verify(path) if check else read_header(path)
-    files = files_of(path)
+    files = files_of(path, header)
     shape = tuple(header["shape"])
     parts: dict[str, list] = {name: [] for name in header["splits"]}
     starts: dict[str, list[int]] = {name: [] for name in header["splits"]}

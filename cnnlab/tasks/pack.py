@@ -13,7 +13,7 @@ from cnnlab.data.module import channel_stats, unreadable
 from cnnlab.data.sources import resize
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
-from cnnlab.pack.format import SUFFIX, files_of
+from cnnlab.pack.format import SUFFIX
 from cnnlab.recipe import load as load_recipe
 
 SPLITS = ("train", "test")
@@ -80,24 +80,19 @@ def run(spec: DataSpec, out: Path, splits: list[str], shards: int = 1,
     write_s = time.perf_counter() - t1
     header = pack.verify(out)  # read back: what was written is what the header says
     ignored = [k for k in SELECTION if getattr(spec, k) != DataSpec.model_fields[k].default]
-    return {"out": str(out), "files": [{"file": str(f), "bytes": f.stat().st_size} for f in written],
-            "source": spec.source, "shape": header["shape"], "classes": header["classes"],
-            "splits": {n: d["count"] for n, d in header["splits"].items()}, "skipped": skipped,
-            "read_s": read_s, "write_s": write_s, "mb_per_s": total / 2**20 / max(write_s, 1e-9),
-            "sha256": _sha(header), "not_applied": ignored}
+    return {**_summary(out, header, written), "skipped": skipped, "read_s": read_s, "write_s": write_s,
+            "mb_per_s": total / 2**20 / max(write_s, 1e-9), "not_applied": ignored}
 
 
 def verify(path: Path) -> dict[str, Any]:
     """Check a pack's header, size and checksums; its summary, or a UserError naming the problem."""
     t0 = time.perf_counter()
     header = pack.verify(Path(path))
-    files = files_of(Path(path))
-    return {"out": str(path), "ok": True, "seconds": time.perf_counter() - t0, "version": header["version"],
-            "source": header.get("source"), "shape": header["shape"], "classes": header["classes"],
-            "splits": {n: d["count"] for n, d in header["splits"].items()},
-            "files": [{"file": str(f), "bytes": f.stat().st_size} for f in files],
-            "sha256": _sha(header)}
+    return {**_summary(path, header, pack.files_of(path, header)), "ok": True, "seconds": time.perf_counter() - t0}
 
 
-def _sha(header: dict) -> str | list[str]:
-    return [s["sha256"] for s in header["shards"]] if header["kind"] == "index" else header["sha256"]
+def _summary(path: Path, header: dict, files: list[Path]) -> dict[str, Any]:
+    """What a pack holds (from its verified header) and the files it takes."""
+    return {"out": str(path), "version": header["version"], "source": header.get("source"), "shape": header["shape"],
+            "classes": header["classes"], "splits": {n: d["count"] for n, d in header["splits"].items()},
+            "files": [{"file": str(f), "bytes": f.stat().st_size} for f in files], "sha256": pack.checksums(header)}
