@@ -10,22 +10,27 @@ from __future__ import annotations
 import argparse
 
 from cnnlab import recipe as rc
-from cnnlab import runinfo
-from cnnlab import report
-from cnnlab.tasks import augment as task
+from cnnlab.augment import build_pipeline
+from cnnlab.bench.augment import bench
+from cnnlab.data import ImageDataModule
+from cnnlab.engine.callbacks import quiet_lightning
+from cnnlab.report.augment import bench_table
 
 OPS = "[{name: shift, max_px: 2}, {name: hflip}, {name: crop, padding: 2}, {name: color_jitter, brightness: 0.3, contrast: 0.3}]"
 
 
 def main() -> None:
-    runinfo.quiet_lightning()
+    quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=40, help="batches of 512 per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     r = rc.load("recipes/augment_fmnist.yaml", [f"augment.ops={OPS}", "data.subset=null"])
-    b = task.bench(r, *task.prepare(r), batch_size=512, batches=args.batches, repeats=args.repeats)
-    report.bench_table(b)
+    data = ImageDataModule(r.data, seed=r.seed)
+    data.setup("fit")
+    b = bench(r, data, build_pipeline(r.augment.ops, data.train.images), batch_size=512, batches=args.batches,
+              repeats=args.repeats)
+    bench_table(b)
     print(f"device/loader = {b['device_over_loader']:.1f}x (target >= 25x); "
           f"device/copy = {b['device_over_copy']:.2f}x of the memory-copy ceiling")
 

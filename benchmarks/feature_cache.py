@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from cnnlab import recipe as rc
-from cnnlab import runinfo
-from cnnlab.tasks import finetune as ft
+from cnnlab.engine.callbacks import quiet_lightning
+from cnnlab.engine import finetune as ft
 
 
 def one(r: rc.Recipe, source: ft.Source, data, out: Path) -> tuple[float, float, bool]:
@@ -27,7 +27,7 @@ def one(r: rc.Recipe, source: ft.Source, data, out: Path) -> tuple[float, float,
 
 
 def main() -> None:
-    runinfo.quiet_lightning()
+    quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/transfer_different.yaml")
     ap.add_argument("--per-class", type=int, default=200, help="training images per class")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from cnnlab import recipe as rc
-from cnnlab import runinfo
-from cnnlab.tasks import finetune as ft
+from cnnlab.engine.callbacks import quiet_lightning
+from cnnlab.engine import finetune as ft
 from cnnlab.transfer.features import tap_slices
 from cnnlab.transfer.probe import GRID
 
@@ -41,7 +41,7 @@ def sklearn_probe(xtr, ytr, xte, yte, seed: int, tol: float) -> tuple[float, flo
 
 
 def main() -> None:
-    runinfo.quiet_lightning()
+    quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/transfer_different.yaml")
     ap.add_argument("--per-class", type=int, default=10, help="training images per class")

@@ -1,8 +1,10 @@
 """cnnlab's training overhead: one epoch through `cnnlab` (Lightning Trainer, progress bar, CSV log,
 checkpoint) vs a hand-written PyTorch loop doing the same work: same images, model, batch size,
-optimizer, schedule, normalisation and memory format. Alternating runs in one process; medians.
+optimizer, schedule, normalisation and memory format. Pairs of runs in one process (plain loop, then
+cnnlab), and the median of the pairs' ratios with their spread: this machine's speed drifts by a
+third within minutes, so two medians taken apart would compare two machines.
 
-    python benchmarks/overhead.py [--per-class 1500] [--repeats 3]
+    python benchmarks/overhead.py [--per-class 1500] [--pairs 5]
 Target: cnnlab time <= 1.05x the plain loop's.
 """
 from __future__ import annotations
@@ -16,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import recipe as rc
-from cnnlab import runinfo
-from cnnlab.lit import build_optimizer, lr_factor
+from cnnlab.bench.timing import paired
+from cnnlab.engine.assemble import assemble
+from cnnlab.engine.callbacks import quiet_lightning
+from cnnlab.engine.optim import build_optimizer, lr_factor
+from cnnlab.engine.run import train
 from cnnlab.models import build_model
-from cnnlab.tasks import train as train_task
 
 
 def plain_epoch(r: rc.Recipe, data) -> float:
@@ -46,41 +50,40 @@ def plain_epoch(r: rc.Recipe, data) -> float:
     return time.perf_counter() - t0
 
 
-def cnnlab_epoch(r: rc.Recipe) -> tuple[float, float]:
-    """One epoch through cnnlab's own task: (seconds in `trainer.fit`, i.e. Trainer start, progress
-    bar, logging and checkpoint included; seconds for the whole command incl. data load and test)."""
+def cnnlab_epoch(r: rc.Recipe, whole: list[float]) -> float:
+    """One epoch through cnnlab's engine: seconds in `trainer.fit` (Trainer start, progress bar,
+    logging and checkpoint included); the whole run's seconds (data load and test too) go to `whole`."""
     t0 = time.perf_counter()
-    res = train_task.run(r, progress=True)
-    return res["wall_time_s"], time.perf_counter() - t0
+    res = train(r, progress=True)
+    whole.append(time.perf_counter() - t0)
+    return res["wall_time_s"]
 
 
 def main() -> None:
-    runinfo.quiet_lightning()
+    quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/fashion_mnist.yaml")
     ap.add_argument("--per-class", type=int, default=1500, help="training images per class")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=5, help="(plain, cnnlab) pairs, at least 5")
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="cnnlab-bench-")
     r = rc.load(args.recipe, [f"data.subset={args.per_class}", "data.val_split=0", "data.test_subset=10",
                               "trainer.max_epochs=1", "trainer.accelerator=cpu", f"output.dir={out}",
                               "output.plots=false"])
-    data = train_task.assemble(r).data
-    plain_epoch(r, data)  # warm-up: oneDNN kernel selection, allocator
-    plain, lab, whole = [], [], []
-    for _ in range(args.repeats):
-        plain.append(plain_epoch(r, data))
-        fit, total = cnnlab_epoch(r)
-        lab.append(fit)
-        whole.append(total)
+    data = assemble(r).data
+    whole: list[float] = []
+    # the first pair warms up: oneDNN kernel selection, allocator
+    p = paired(lambda: plain_epoch(r, data), lambda: cnnlab_epoch(r, whole), pairs=args.pairs, warmup=1)
     n = len(data.train.labels) // r.data.batch_size * r.data.batch_size
-    p, c = statistics.median(plain), statistics.median(lab)
-    print(f"\none epoch, {n} images, batch {r.data.batch_size}, {r.model.name}, {args.repeats} alternating repeats"
-          f" (medians), {torch.get_num_threads()} threads")
-    print(f"  plain PyTorch loop : {p:7.2f} s  {n / p:8.0f} images/s   runs: {', '.join(f'{t:.2f}' for t in plain)}")
-    print(f"  cnnlab trainer.fit : {c:7.2f} s  {n / c:8.0f} images/s   runs: {', '.join(f'{t:.2f}' for t in lab)}")
-    print(f"  ratio cnnlab/plain : {c / p:.3f}x  (target <= 1.05x; Trainer start, logging, checkpoint included)")
-    print(f"  whole `cnnlab train` (data load, fit, test, run folder): {statistics.median(whole):.2f} s")
+    fmt = lambda xs: ", ".join(f"{t:.2f}" for t in xs)  # noqa: E731
+    print(f"\none epoch, {n} images, batch {r.data.batch_size}, {r.model.name}, {p['pairs']} pairs (plain, then cnnlab), "
+          f"{torch.get_num_threads()} threads")
+    print(f"  plain PyTorch loop : median {statistics.median(p['a']):7.2f} s   runs: {fmt(p['a'])}")
+    print(f"  cnnlab trainer.fit : median {statistics.median(p['b']):7.2f} s   runs: {fmt(p['b'])}")
+    print(f"  ratio cnnlab/plain : {p['ratio']:.3f}x, median of the pairs' ratios (IQR {p['iqr'][0]:.3f}-{p['iqr'][1]:.3f}, "
+          f"range {p['min']:.3f}-{p['max']:.3f}; ratios: {fmt(p['ratios'])})")
+    print(f"  target <= 1.05x: {'met' if p['ratio'] <= 1.05 else 'missed'} (Trainer start, logging, checkpoint included)")
+    print(f"  whole `cnnlab train` (data load, fit, test, run folder): median {statistics.median(whole[1:]):.2f} s")
 
 
 if __name__ == "__main__":

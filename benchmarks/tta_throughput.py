@@ -16,19 +16,20 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnlab import recipe as rc
-from cnnlab import runinfo
 from cnnlab.data import ImageDataModule
-from cnnlab.lit import Classifier
+from cnnlab.engine.assemble import module_args
+from cnnlab.engine.callbacks import quiet_lightning
+from cnnlab.engine.module import Classifier
+from cnnlab.engine.trainer import evaluator
+from cnnlab.env import device_info
 from cnnlab.models import build_model
-from cnnlab.tasks.evaluate import trainer
-from cnnlab.tasks.train import module_args
 from cnnlab.tta.run import evaluate, policies_for
 
 POLICIES = ["hflip", "five-crop", "ten-crop", "ten-crop+scales"]
 
 
 def main() -> None:
-    runinfo.quiet_lightning()
+    quiet_lightning()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/fashion_mnist.yaml")
     ap.add_argument("--images", type=int, default=3000, help="test images (the first N)")
@@ -45,13 +46,13 @@ def main() -> None:
     runs: dict[str, list[float]] = {p.name: [] for p in policies}
     views: dict[str, int] = {}
     for _ in range(args.repeats):
-        res = evaluate(module, loader, policies, r.eval, r.data.batch_size, trainer("auto", "32-true", False))
+        res = evaluate(module, loader, policies, r.eval, r.data.batch_size, evaluator("auto", "32-true", False))
         for p in res["policies"]:
             runs[p["policy"]].append(p["images_per_s"])
             views[p["policy"]] = p["views"]
     single = statistics.median(runs["identity"])
     t = Table(title=f"TTA throughput: {len(data.test.labels)} images, batch {r.data.batch_size}, {args.repeats} repeats "
-                    f"(medians), {runinfo.device_info(trainer('auto', '32-true', False))['name']}", title_justify="left")
+                    f"(medians), {device_info(evaluator('auto', '32-true', False))['name']}", title_justify="left")
     for c in ("policy", "views", "images/s", "single ÷ views", "ratio"):
         t.add_column(c, justify="left" if c == "policy" else "right")
     for name, xs in runs.items():

@@ -21,15 +21,15 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from cnnlab import report
+        from cnnlab.report.console import error
 
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            report.error(str(e))
+            error(str(e))
             raise typer.Exit(2) from None
         except Diverged as e:  # not the user's input: the run stopped, its last finite state saved
-            report.error(str(e))
+            error(str(e))
             raise typer.Exit(3) from None
 
     return wrapper
@@ -46,7 +46,6 @@ def train(
 ) -> None:
     """Train a CNN from a recipe; writes a run folder with metrics, checkpoints, curves and results.json."""
     from cnnlab import recipe as rc
-    from cnnlab import report
 
     if resume is not None:
         if recipe is not None:
@@ -64,23 +63,26 @@ def train(
     if print_recipe:
         import yaml
 
-        report.console.print(yaml.safe_dump(r.dump(), sort_keys=False), highlight=False, markup=False)
+        from cnnlab.report.console import console
+
+        console.print(yaml.safe_dump(r.dump(), sort_keys=False), highlight=False, markup=False)
         return
-    from cnnlab.runinfo import quiet_lightning
+    from cnnlab.engine.callbacks import quiet_lightning
 
     quiet_lightning()
-    from cnnlab.tasks import train as task
-
     if sweep:
+        from cnnlab.report.sweep import sweep_run, train_sweep_table
         from cnnlab.tasks import sweep as sweep_task
 
-        report.train_sweep_table(sweep_task.run(r, on_run=report.sweep_run))
+        train_sweep_table(sweep_task.run(r, on_run=sweep_run))
         return
-    if resume is not None:
-        task.check_resume_overrides(set_ or [])
-    results = task.run(r, resume=resume, resume_overrides=set_ or [], on_data=report.data_summary)
+    from cnnlab.report.data import data_summary
+    from cnnlab.report.train import train_summary
+    from cnnlab.tasks import train as task
+
+    results = task.run(r, resume=resume, resume_overrides=set_ or [], on_data=data_summary)
     if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
-        report.train_summary(results)
+        train_summary(results)
 
 
 @app.command("eval")
@@ -90,13 +92,12 @@ def eval_(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the results; default RUN_DIR/eval.json, or NAME.eval.json beside a .ckpt.")] = None,
 ) -> None:
     """Re-evaluate a run folder's best (or a given) checkpoint on the test split, on this machine."""
-    from cnnlab import report
-    from cnnlab.runinfo import quiet_lightning
-
-    quiet_lightning()
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.eval import eval_summary
     from cnnlab.tasks import evaluate
 
-    report.eval_summary(evaluate.run(path, out=out))
+    quiet_lightning()
+    eval_summary(evaluate.run(path, out=out))
 
 
 @app.command()
@@ -112,14 +113,14 @@ def augment(
 ) -> None:
     """Preview the recipe's augmentation (augment_grid.png), benchmark it, and ablate it."""
     from cnnlab import recipe as rc
-    from cnnlab import report
-    from cnnlab.runinfo import quiet_lightning
 
     r = rc.load(recipe, set_ or [], preflight=True)
-    quiet_lightning()
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.augment import augment_summary
     from cnnlab.tasks import augment as task
 
-    report.augment_summary(task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
+    quiet_lightning()
+    augment_summary(task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
                                     ablate_seeds=seeds if ablate else None))
 
 
@@ -133,21 +134,24 @@ def finetune(
 ) -> None:
     """Transfer learning: a pretrained backbone, a fresh linear head, and a regime that says what trains."""
     from cnnlab import recipe as rc
-    from cnnlab import report
 
     over = list(set_ or []) + ([f"finetune.regime={regime}"] if regime else [])
     loaded = [(Path(p).stem, rc.load(p, over, preflight=True)) for p in recipes]
     if len(loaded) > 1 and not sweep:
         raise UserError("several recipes make one table: add --sweep, or give one recipe")
-    from cnnlab.runinfo import quiet_lightning
+    from cnnlab.engine.callbacks import quiet_lightning
 
-    quiet_lightning()
+    from cnnlab.report.data import data_summary
+    from cnnlab.report.finetune import finetune_summary, sweep_summary
     from cnnlab.tasks import finetune as task
 
+    quiet_lightning()
     if sweep:
-        report.sweep_summary(task.sweep(loaded))
-    else:
-        report.finetune_summary(task.run(loaded[0][1], on_data=report.data_summary))
+        sweep_summary(task.sweep(loaded))
+        return
+    results = task.run(loaded[0][1], on_data=data_summary)
+    if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
+        finetune_summary(results)
 
 
 @app.command("eval-tta")
@@ -160,18 +164,18 @@ def eval_tta(
     out: Annotated[Optional[Path], typer.Option(help="Folder for tta.json and tta.png; default the run folder, or NAME.tta.* beside a .ckpt.")] = None,
 ) -> None:
     """Evaluate with test-time augmentation (flips, crops, shifts, scales), each policy against the single view."""
-    from cnnlab import report
-    from cnnlab.runinfo import quiet_lightning
+    from cnnlab.engine.callbacks import quiet_lightning
 
     over = list(set_ or [])
     if views is not None:
         over.append(f"eval.tta=[{', '.join(repr(v.strip()) for v in views.split(','))}]")
     if agg is not None:
         over.append(f"eval.agg={agg}")
-    quiet_lightning()
+    from cnnlab.report.tta import tta_table
     from cnnlab.tasks import eval_tta as task
 
-    report.tta_table(task.run(path, over, out=out))
+    quiet_lightning()
+    tta_table(task.run(path, over, out=out))
 
 
 @app.command("bench-conv")
@@ -189,10 +193,10 @@ def bench_conv(
     out: Annotated[Path, typer.Option(help="Folder for the run folder bench-conv-<time>.")] = Path("runs"),
 ) -> None:
     """Time convolution algorithms (direct, im2col, FFT, Winograd) side by side, with their error and memory."""
-    from cnnlab import report
+    from cnnlab.report.bench_conv import bench_conv_table
     from cnnlab.tasks import bench_conv as task
 
-    report.bench_conv_table(task.run(shape, stacking, repeats, device, str(out), model=model, input=input, train=train,
+    bench_conv_table(task.run(shape, stacking, repeats, device, str(out), model=model, input=input, train=train,
                                      recipe=recipe, overrides=set_ or []))
 
 
@@ -211,19 +215,20 @@ def pack(
     verify: Annotated[Optional[Path], typer.Option("--verify", help="Check a .cnnpack file's header, size and checksum instead of packing.")] = None,
 ) -> None:
     """Pack a data source into one contiguous, memory-mapped file (train: data.source packed, data.root OUT)."""
-    from cnnlab import report
+    from cnnlab.report.console import byte_progress
+    from cnnlab.report.pack import pack_summary
     from cnnlab.tasks import pack as task
 
     if verify is not None:
         if src is not None or out is not None:
             raise UserError("--verify FILE checks a pack; give no SRC or OUT with it")
-        report.pack_summary(task.verify(verify))
+        pack_summary(task.verify(verify))
         return
     if src is None or out is None:
         raise UserError("missing SRC and OUT: cnnlab pack fashion-mnist data/fmnist.cnnpack (or --verify FILE)")
     spec = task.data_spec(src, {"root": root, "image_size": image_size, "resize": resize, "channels": channels},
                           list(set_ or []))
-    report.pack_summary(task.run(spec, out, task.parse_splits(split), shards, progress=report.byte_progress))
+    pack_summary(task.run(spec, out, task.parse_splits(split), shards, progress=byte_progress))
 
 
 @app.command("bench-data")
@@ -240,13 +245,14 @@ def bench_data(
 ) -> None:
     """Images/s of PNG files vs a packed file (cold, warm) vs in-memory tensors vs memcpy; host->device copies on a GPU."""
     from cnnlab import recipe as rc
-    from cnnlab import report
+    from cnnlab.report.bench_data import bench_data_table
+    from cnnlab.report.console import status
     from cnnlab.tasks import bench_data as task
 
     r = rc.load(recipe, set_ or [])
-    with report.status() as on_step:
+    with status() as on_step:
         res = task.run(r, export_folder, limit, repeats, workers, str(out), keep, on_step=on_step)
-    report.bench_data_table(res)
+    bench_data_table(res)
 
 
 def main() -> None:

@@ -191,7 +191,7 @@ def test_loader_and_device_modes_draw_from_the_same_distribution(real, ops):
 
 
 def test_labels_untouched_in_both_modes(real):
-    from cnnlab.tasks.train import assemble
+    from cnnlab.engine.assemble import assemble
 
     r = rc.load(RECIPES / "smoke.yaml", ["augment.ops=[{name: hflip}, {name: shift, max_px: 2}]", "data.subset=10"])
     a = assemble(r)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnlab import recipe as rc
-from cnnlab.tasks import train as train_task
+from cnnlab.engine.run import train as train_run
 from conftest import RECIPES, write
 
 SMOKE = str(RECIPES / "smoke.yaml")
@@ -62,9 +62,9 @@ def crash_at(epoch: int):
 def test_resume_from_the_cli_continues_keeps_metrics_and_the_recipe(cli):
     r = rc.load(SMOKE, [f"output.dir={cli.runs}", "trainer.max_epochs=3"])
     with pytest.raises(Crash):
-        train_task.run(r, callbacks=[crash_at(2)], progress=False)
+        train_run(r, callbacks=[crash_at(2)], progress=False)
     run = only_run(cli.runs)
-    from cnnlab.report import epoch_metrics
+    from cnnlab.io import epoch_metrics
 
     assert sorted(epoch_metrics(run / "metrics.csv")["train/acc"]) == [0, 1]  # on disk at the crash
     recipe_before = (run / "recipe.yaml").read_text()
@@ -85,14 +85,14 @@ def test_resume_from_the_cli_continues_keeps_metrics_and_the_recipe(cli):
 
 
 def test_a_crash_during_the_resumed_part_keeps_every_earlier_row_on_disk(tmp_path):
-    from cnnlab.report import epoch_metrics
+    from cnnlab.io import epoch_metrics
 
     r = rc.load(SMOKE, [f"output.dir={tmp_path}", "trainer.max_epochs=4", "data.subset=10", "output.plots=false"])
     with pytest.raises(Crash):
-        train_task.run(r, callbacks=[crash_at(2)], progress=False)
+        train_run(r, callbacks=[crash_at(2)], progress=False)
     [run] = list(tmp_path.iterdir())
     with pytest.raises(Crash):
-        train_task.run(r, resume=run, callbacks=[crash_at(3)], progress=False)
+        train_run(r, resume=run, callbacks=[crash_at(3)], progress=False)
     assert sorted(epoch_metrics(run / "metrics.csv")["train/acc"]) == [0, 1, 2]
 
 
@@ -109,11 +109,11 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, augment):
     over = ["trainer.max_epochs=4", "data.subset=20", "model.dropout=0.3", "output.plots=false", *augment]
     straight = rc.load(SMOKE, over + [f"output.dir={tmp_path / 'a'}"])
     crashed = rc.load(SMOKE, over + [f"output.dir={tmp_path / 'b'}"])
-    a = train_task.run(straight, progress=False)
+    a = train_run(straight, progress=False)
     with pytest.raises(Crash):
-        train_task.run(crashed, callbacks=[crash_at(2)], progress=False)
+        train_run(crashed, callbacks=[crash_at(2)], progress=False)
     [run_b] = list((tmp_path / "b").iterdir())
-    b = train_task.run(crashed, resume=run_b, progress=False)
+    b = train_run(crashed, resume=run_b, progress=False)
     wa = torch.load(f"{a['run_dir']}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(f"{b['run_dir']}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert wa.keys() == wb.keys()
@@ -142,12 +142,13 @@ def test_eval_of_a_loose_checkpoint_trained_for_cuda_runs_here_and_writes_beside
     assert not (run / "eval.json").exists()
 
 
-@pytest.mark.parametrize("command", [["finetune", str(RECIPES / "transfer_similar.yaml")],
+@pytest.mark.parametrize("command", [["finetune", str(RECIPES / "transfer_similar.yaml"), "--sweep"],
                                      ["augment", str(RECIPES / "augment_fmnist.yaml")]])
 def test_commands_that_make_several_runs_refuse_data_parallel_launches(cli, command):
     res = cli(*command, "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp")
     assert res.exit_code == 2 and "Traceback" not in res.output
-    assert f"`cnnlab {command[0]}` runs in one process" in " ".join(res.output.split())
+    name = " ".join(c for c in command if not c.endswith(".yaml"))
+    assert f"`cnnlab {name}` runs in one process" in " ".join(res.output.split())
     assert list(cli.cwd.iterdir()) == []
 
 

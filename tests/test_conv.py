@@ -94,7 +94,7 @@ def test_im2col_buffer_is_k_squared_times_the_input(k):
 def test_receptive_field_of_known_stacks():
     from torch import nn
 
-    from cnnlab.conv.stacking import receptive_field
+    from cnnlab.bench.stacking import receptive_field
 
     assert receptive_field([nn.Conv2d(1, 1, 7)]) == 7
     assert receptive_field([nn.Conv2d(1, 1, 3)] * 3) == 7  # three 3x3 see what one 7x7 sees
@@ -103,7 +103,7 @@ def test_receptive_field_of_known_stacks():
 
 
 def test_stacking_blocks_have_the_lectures_parameter_counts():
-    from cnnlab.conv.stacking import conv_flops
+    from cnnlab.bench.stacking import conv_flops
     from cnnlab.models.stacked import BLOCKS
 
     c = 32

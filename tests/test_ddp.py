@@ -75,7 +75,7 @@ def test_evaluation_shards_count_every_image_once():
 
 
 def test_step_seeds_include_the_rank():
-    from cnnlab.lit import step_seed
+    from cnnlab.engine.optim import step_seed
 
     seeds = {(rank, step): step_seed(5, rank, step) for rank in range(4) for step in range(1000)}
     assert len(set(seeds.values())) == len(seeds)  # no two (rank, step) pairs share a seed
@@ -107,4 +107,65 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused_before_anything_is
     res = cli("train", SMOKE, "--set", "trainer.devices=3", "--set", "trainer.strategy=ddp")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "data.batch_size: 32 images do not split evenly over 3 processes" in " ".join(res.output.split())
+    assert list(cli.cwd.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def finetune(recipe, out, *over: str) -> tuple[dict, subprocess.CompletedProcess]:
+    sets = [a for o in [f"output.dir={out}", *over] for a in ("--set", o)]
+    res = cnnlab("finetune", str(recipe), *sets)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    [run] = list(out.iterdir())  # exactly one run folder, whatever the process count
+    return json.loads((run / "results.json").read_text()), res
+
+
+@pytest.fixture(scope="module")
+def ft_recipe(single, tmp_path_factory):
+    """Full fine-tuning of the one-process smoke run above (classes 0-8) on classes 7-9, 40 training
+    images each (30 + 10 held out), 30 test images each."""
+    path = tmp_path_factory.mktemp("ft-recipe") / "ft.yaml"
+    path.write_text(f"""data: {{source: fashion-mnist, classes: [7, 8, 9], subset: 40, test_subset: 30, val_split: 0.25, batch_size: 16}}
+finetune: {{backbone: cnnlab, weights: {single["run_dir"]}, regime: full}}
+optim: {{name: adamw, lr: 0.01}}
+trainer: {{accelerator: cpu, max_epochs: 2}}
+output: {{plots: false}}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ft_single(ft_recipe, tmp_path_factory):
+    """The same fine-tune in this process (one process, no launcher to start)."""
+    from cnnlab import recipe as rc
+    from cnnlab.tasks import finetune as task
+
+    return task.run(rc.load(ft_recipe, [f"output.dir={tmp_path_factory.mktemp('ft-single')}"]), progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_finetune_under_two_processes_writes_one_run_and_matches_one_process(strategy, ft_recipe, ft_single, tmp_path):
+    r, res = finetune(ft_recipe, tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}")
+    assert r["device"]["processes"] == 2 and r["regime"] == "full" and r["epochs"] == 2
+    assert r["peak_lr"] == ft_single["peak_lr"]  # the same discriminative learning rates, stage by stage
+    assert r["images"] == ft_single["images"] == {"train": 90, "val": 30, "test": 90}
+    assert res.stdout.count("test accuracy") == 1  # one report, from global rank 0
+    # the same global batches, init and schedule; BatchNorm sees 8 images a process instead of 16.
+    # 90 test images: one image is 1.1 points, and 3 classes from 30 images each move by several
+    assert abs(r["test_acc"] - ft_single["test_acc"]) <= 0.15, (r["test_acc"], ft_single["test_acc"])
+    from cnnlab.tasks import evaluate
+
+    e = evaluate.run(r["run_dir"], progress=False)  # the checkpoint holds the network the run tested
+    assert e["test_acc"] == pytest.approx(r["test_acc"], abs=1e-6) and e["images"] == 90
+
+
+@pytest.mark.parametrize("over,why", [(["finetune.regime=auto"], "auto runs in one process"),
+                                      (["finetune.regime=linear"], "linear trains a head on stored frozen features")])
+def test_finetune_regimes_solved_in_one_process_refuse_several(over, why, ft_recipe, cli):
+    res = cli("finetune", str(ft_recipe), "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp", *[
+        a for o in over for a in ("--set", o)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert why in " ".join(res.output.split())
     assert list(cli.cwd.iterdir()) == []

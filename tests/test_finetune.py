@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from cnnlab import recipe as rc
+from cnnlab.engine.trainer import evaluator
 from cnnlab.errors import UserError
-from cnnlab.lit import build_optimizer
+from cnnlab.engine.optim import build_optimizer
 from cnnlab.spec import OptimSpec
 from cnnlab.transfer.spec import FinetuneSpec
-from cnnlab.tasks import finetune as ft
+from cnnlab.engine import finetune as ft
 from cnnlab.tasks import train as train_task
 from cnnlab.transfer import BACKBONES, REGIMES, TransferNet, choose_regime
 from cnnlab.transfer.features import cache_key, cached_features, tap_slices
@@ -359,9 +360,9 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     splits = {"train": data.train, "test": data.test}
     cache = tmp_path / "features"
     key = cache_key(source.backbone, r.data, r.seed, data.image_size, splits)
-    first, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
+    first, hit = cached_features(source.backbone, splits, key, str(cache), 16, evaluator("cpu", progress=False))
     assert not hit and len(list(cache.iterdir())) == 1
-    again, hit = cached_features(source.backbone, splits, key, str(cache), 16, "cpu")
+    again, hit = cached_features(source.backbone, splits, key, str(cache), 16, evaluator("cpu", progress=False))
     assert hit and torch.equal(again["train"], first["train"])
     assert first["train"].shape == (len(data.train.labels), 4 + 8 + 8)
     # the cached features are what the frozen net computes
@@ -383,7 +384,7 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     assert cache_key(other.backbone, r.data, r.seed, data.image_size, splits) != key
     r32 = tiny_recipe(source_run, tmp_path)
     r32.data.image_size = 32
-    _, hit = cached_features(source.backbone, splits, cache_key(source.backbone, r32.data, r.seed, 32), str(cache), 16, "cpu")
+    _, hit = cached_features(source.backbone, splits, cache_key(source.backbone, r32.data, r.seed, 32), str(cache), 16, evaluator("cpu", progress=False))
     assert not hit and len(list(cache.iterdir())) == 2
 
 

@@ -1,5 +1,9 @@
-"""The layout as a test: imports point one way, cli -> tasks -> recipe -> features -> base, read from
-the source (every import, function-local ones included), so a cycle cannot hide behind a late import."""
+"""The layout as a test, read from the source (every import, function-local ones included, so a
+circle cannot hide behind a late import). Three rules:
+1. every import points down the declared order of layers (and of features among themselves);
+2. no task module imports another task module;
+3. no circle between the package's units (its top-level modules and packages), whatever the layers say.
+Every unit is declared: a new package or module fails the test until it has its place."""
 import ast
 import os
 from pathlib import Path
@@ -7,24 +11,21 @@ from pathlib import Path
 # CNNLAB_PACKAGE=/other/checkout/cnnlab checks another tree
 PACKAGE = Path(os.environ.get("CNNLAB_PACKAGE", Path(__file__).resolve().parents[1] / "cnnlab"))
 
-# what each part of the package may import; a module not named here is part of a feature
-# (data, augment, models, transfer, lit, runinfo, ...), so a new feature needs no entry
-PARTS = {"": "base", "errors": "base", "registry": "base", "spec": "base",
-         "recipe": "recipe", "report": "report", "tasks": "tasks", "cli": "cli", "__main__": "cli"}
-MAY_IMPORT = {
-    "base": {"base"},
-    "feature": {"base", "feature"},
-    "recipe": {"base", "feature", "recipe"},
-    "report": {"base", "feature", "report"},
-    "tasks": {"base", "feature", "recipe", "report", "tasks"},
-    "cli": {"base", "feature", "recipe", "report", "tasks", "cli"},
+# layers, lowest first: a module may import its own layer and the layers below it
+LAYERS = ["base", "feature", "recipe", "report", "engine", "bench", "tasks", "cli"]
+UNITS = {
+    "": "base", "errors": "base", "registry": "base", "spec": "base", "io": "base", "env": "base",
+    "recipe": "recipe", "report": "report", "engine": "engine", "bench": "bench", "tasks": "tasks",
+    "cli": "cli", "__main__": "cli",
 }
+# the feature packages, lowest first: a feature may import only the features before it
+FEATURES = ["precision", "augment", "tta", "conv", "models", "pack", "data", "transfer", "sweep"]
+UNITS.update({f: "feature" for f in FEATURES})
 
 
-def part(module: str) -> str:
-    """'cnnlab.transfer.spec' -> 'feature', 'cnnlab.tasks.train' -> 'tasks', 'cnnlab' -> 'base'."""
-    top = module.split(".")[1] if "." in module else ""
-    return PARTS.get(top, "feature")
+def unit(module: str) -> str:
+    """'cnnlab.transfer.spec' -> 'transfer', 'cnnlab' -> ''."""
+    return module.split(".")[1] if "." in module else ""
 
 
 def module_name(path: Path, package: Path) -> str:
@@ -33,8 +34,14 @@ def module_name(path: Path, package: Path) -> str:
     return ".".join(parts)
 
 
-def imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, int]]:
-    """(cnnlab module, line) of every import anywhere in `tree`; `from cnnlab import x` names cnnlab.x."""
+def exists(module: str, package: Path) -> bool:
+    p = package.parent.joinpath(*module.split("."))
+    return p.with_suffix(".py").is_file() or (p / "__init__.py").is_file()
+
+
+def imported(tree: ast.AST, module: str, is_package: bool, package: Path) -> list[tuple[str, int]]:
+    """(cnnlab module, line) of every import anywhere in `tree`; `from cnnlab.tasks import train`
+    names cnnlab.tasks.train (a module), `from cnnlab.data import Split` names cnnlab.data."""
     here = module if is_package else module.rpartition(".")[0]
     out = []
     for node in ast.walk(tree):
@@ -45,55 +52,137 @@ def imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, in
             if node.level:  # relative: from the module's package, one level up per extra dot
                 anchor = here.split(".")[: len(here.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            out += [(f"{base}.{a.name}" if base == "cnnlab" else base, node.lineno) for a in node.names]
+            out += [(f"{base}.{a.name}" if exists(f"{base}.{a.name}", package) else base, node.lineno) for a in node.names]
     return [(name, line) for name, line in out if name == "cnnlab" or name.startswith("cnnlab.")]
 
 
-def violations(package: Path) -> list[str]:
-    found = []
+def edges(package: Path) -> list[tuple[str, str, int]]:
+    """(importing module, imported module, line) for every import of the package in the package."""
+    out = []
     for path in sorted(package.rglob("*.py")):
         module = module_name(path, package)
         tree = ast.parse(path.read_text(), filename=str(path))
-        for target, line in imported(tree, module, path.name == "__init__.py"):
-            if part(target) not in MAY_IMPORT[part(module)]:
-                found.append(f"{module} ({part(module)}) imports {target} ({part(target)}), line {line}")
-    return list(dict.fromkeys(found))  # `from x import a, b` is one import
+        out += [(module, target, line) for target, line in imported(tree, module, path.name == "__init__.py", package)]
+    return list(dict.fromkeys(out))  # `from x import a, b` is one import
 
 
-def test_imports_point_one_way():
+def rank(u: str) -> tuple[int, int]:
+    layer = UNITS[u]
+    return LAYERS.index(layer), FEATURES.index(u) if layer == "feature" else 0
+
+
+def undeclared(package: Path) -> list[str]:
+    found = {unit(module_name(p, package)) for p in package.rglob("*.py")}
+    return [f"cnnlab.{u} is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)"
+            for u in sorted(found - set(UNITS))]
+
+
+def against_the_order(package: Path) -> list[str]:
+    found = []
+    for module, target, line in edges(package):
+        a, b = unit(module), unit(target)
+        if a == b or a not in UNITS or b not in UNITS:
+            continue
+        if rank(b) > rank(a):
+            what = lambda u: f"feature {u}" if UNITS[u] == "feature" else UNITS[u]  # noqa: E731
+            found.append(f"{module} ({what(a)}) imports {target} ({what(b)}), line {line}")
+    return found
+
+
+def task_imports(package: Path) -> list[str]:
+    found = []
+    for module, target, line in edges(package):
+        m, t = module.split("."), target.split(".")
+        if m[1:2] == t[1:2] == ["tasks"] and len(m) > 2 and (len(t) == 2 or t[2] != m[2]):
+            found.append(f"task {module} imports {target}, line {line}")
+    return found
+
+
+def circles(package: Path) -> list[str]:
+    """Every import between two units that lies on a circle (the imported unit leads back)."""
+    graph: dict[str, dict[str, str]] = {}
+    for module, target, line in edges(package):
+        a, b = unit(module), unit(target)
+        if a != b and a and b:
+            graph.setdefault(a, {}).setdefault(b, f"{module} -> {target}, line {line}")
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), {}):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    return [f"circle: {a} -> {b} ({why}) and {b} leads back to {a}"
+            for a in sorted(graph) for b, why in sorted(graph[a].items()) if a in reach(b)]
+
+
+def violations(package: Path) -> list[str]:
+    return undeclared(package) + against_the_order(package) + task_imports(package) + circles(package)
+
+
+def test_the_package_keeps_the_layout():
     assert violations(PACKAGE) == []
 
 
 def test_every_module_is_seen():
     names = {module_name(p, PACKAGE) for p in PACKAGE.rglob("*.py")}
-    assert {"cnnlab", "cnnlab.recipe", "cnnlab.spec", "cnnlab.data.spec", "cnnlab.models.spec",
+    assert {"cnnlab", "cnnlab.recipe", "cnnlab.spec", "cnnlab.data.spec", "cnnlab.models.spec", "cnnlab.engine.run",
             "cnnlab.augment.spec", "cnnlab.transfer.spec", "cnnlab.tasks.train", "cnnlab.cli"} <= names
+    assert edges(PACKAGE), "no import read: the reader is broken"
 
 
-def write(root: Path, rel: str, text: str) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def write(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "cnnlab"
+    for rel, text in {"__init__.py": "", "errors.py": "", "io.py": "", "data/__init__.py": "", "models/__init__.py": "",
+                      "tasks/__init__.py": "", **files}.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return pkg
 
 
-def test_the_check_catches_late_relative_and_upward_imports(tmp_path):
-    pkg = tmp_path / "cnnlab"
-    write(pkg, "__init__.py", "")
-    write(pkg, "errors.py", "")
-    write(pkg, "registry.py", "from cnnlab import errors\nfrom . import recipe\n")
-    write(pkg, "recipe.py", "from cnnlab.data.spec import DataSpec\n")
-    write(pkg, "report.py", "def f():\n    from cnnlab.tasks import train\n")
-    write(pkg, "data/__init__.py", "")
-    write(pkg, "data/spec.py", "from ..registry import did_you_mean\n\ndef late():\n    from cnnlab.recipe import Recipe\n")
-    write(pkg, "data/module.py", "from .spec import DataSpec\nimport cnnlab.cli\n")
-    write(pkg, "tasks/__init__.py", "")
-    write(pkg, "tasks/train.py", "from cnnlab import recipe, report\nfrom cnnlab.data import module\n"
-                                 "from cnnlab.cli import app\n")
-    write(pkg, "cli.py", "from cnnlab.tasks import train\n")
-    assert violations(pkg) == [
-        "cnnlab.data.module (feature) imports cnnlab.cli (cli), line 2",
-        "cnnlab.data.spec (feature) imports cnnlab.recipe (recipe), line 4",
+def test_a_clean_planted_package_passes(tmp_path):
+    pkg = write(tmp_path, {"data/module.py": "from cnnlab.models import x\nfrom ..errors import UserError\n",
+                           "tasks/train.py": "from cnnlab.data import module\n",
+                           "cli.py": "def f():\n    from cnnlab.tasks import train\n"})
+    assert violations(pkg) == []
+
+
+def test_an_arrow_against_the_order_fails_late_and_relative_imports_too(tmp_path):
+    pkg = write(tmp_path, {"registry.py": "from cnnlab import errors\nfrom . import recipe\n",
+                           "recipe.py": "",
+                           "models/spec.py": "def late():\n    from ..data import module\n",
+                           "data/module.py": "import cnnlab.cli\n",
+                           "cli.py": ""})
+    assert against_the_order(pkg) == [
+        "cnnlab.data.module (feature data) imports cnnlab.cli (cli), line 1",
+        "cnnlab.models.spec (feature models) imports cnnlab.data.module (feature data), line 2",
         "cnnlab.registry (base) imports cnnlab.recipe (recipe), line 2",
-        "cnnlab.report (report) imports cnnlab.tasks (tasks), line 2",
-        "cnnlab.tasks.train (tasks) imports cnnlab.cli (cli), line 3",
+    ]
+
+
+def test_a_task_importing_a_task_fails(tmp_path):
+    pkg = write(tmp_path, {"tasks/train.py": "", "tasks/sweep.py": "def run():\n    from cnnlab.tasks import train\n",
+                           "tasks/eval.py": "from .train import run\nfrom cnnlab import tasks\n"})
+    assert task_imports(pkg) == ["task cnnlab.tasks.eval imports cnnlab.tasks.train, line 1",
+                                 "task cnnlab.tasks.eval imports cnnlab.tasks, line 2",
+                                 "task cnnlab.tasks.sweep imports cnnlab.tasks.train, line 2"]
+
+
+def test_a_circle_fails_even_inside_one_layer(tmp_path):
+    # io and env are both base, so the order allows each arrow; the circle is still caught
+    pkg = write(tmp_path, {"io.py": "from cnnlab.env import versions\n", "env.py": "def f():\n    from cnnlab import io\n"})
+    assert against_the_order(pkg) == []
+    assert circles(pkg) == ["circle: env -> io (cnnlab.env -> cnnlab.io, line 2) and io leads back to env",
+                            "circle: io -> env (cnnlab.io -> cnnlab.env, line 1) and env leads back to io"]
+
+
+def test_an_undeclared_unit_fails(tmp_path):
+    pkg = write(tmp_path, {"profile/__init__.py": "", "lit.py": ""})
+    assert undeclared(pkg) == [
+        "cnnlab.lit is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)",
+        "cnnlab.profile is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)",
     ]

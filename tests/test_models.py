@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
-from cnnlab.lit import build_optimizer, lr_factor
+from cnnlab.engine.optim import build_optimizer, lr_factor
 from cnnlab.models import MODELS, build_model
 from cnnlab.spec import OptimSpec, ScheduleSpec
 

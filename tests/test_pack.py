@@ -364,8 +364,8 @@ def test_a_packed_run_reads_its_batches_from_the_map_and_gathers_nothing_whole(t
     batch; the batches, statistics and report equal the source's. Only asking for `.images` gathers."""
     from cnnlab import recipe as rc
     from cnnlab.data.module import describe
-    from cnnlab.data.sources import MappedSplit
-    from cnnlab.tasks.train import assemble
+    from cnnlab.data.sources import Split
+    from cnnlab.engine.assemble import assemble
 
     out = _packed(tmp_path)
     spec = dict(classes=[0, 2, 4, 6], subset=50, test_subset=20, val_split=0.2, batch_size=16)
@@ -374,7 +374,7 @@ def test_a_packed_run_reads_its_batches_from_the_map_and_gathers_nothing_whole(t
     for dm in (a, b):
         dm.setup()
     splits = ("train", "val", "test")
-    assert all(isinstance(getattr(b, n), MappedSplit) and getattr(b, n).mapped for n in splits)
+    assert all(isinstance(getattr(b, n), Split) and getattr(b, n).mapped for n in splits)
     assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
     for make in ("train_dataloader", "val_dataloader", "test_dataloader"):
         for (xa, ya), (xb, yb) in zip(getattr(a, make)(), getattr(b, make)(), strict=True):

@@ -255,7 +255,7 @@ def test_output_folder_in_a_read_only_place_is_refused(read_only):
 
 def test_a_run_folder_that_cannot_be_made_is_a_user_error_naming_output_dir(tmp_path):
     from cnnlab.errors import UserError
-    from cnnlab.runinfo import new_run_dir
+    from cnnlab.io import new_run_dir
 
     blocker = write(tmp_path / "file", "")
     with pytest.raises(UserError, match=r"^output.dir: cannot make the run folder .*/file/runs/x-\d{8}-\d{6}: Not a directory$"):

@@ -287,7 +287,7 @@ TRAINER_VALUES = {
 def test_whatever_the_schema_and_preflight_accept_the_trainer_accepts(tmp_path):
     """Up to three trainer keys at random values: a section that passes validation and this machine's
     pre-flight must build a real Trainer (build_trainer, as `cnnlab train` does)."""
-    from cnnlab.lit import build_trainer
+    from cnnlab.engine.trainer import build_trainer
 
     one = st.sampled_from(sorted(TRAINER_VALUES)).flatmap(lambda k: TRAINER_VALUES[k].map(lambda v: (k, v)))
     seen = {"accepted": 0, "refused": 0}
@@ -302,7 +302,7 @@ def test_whatever_the_schema_and_preflight_accept_the_trainer_accepts(tmp_path):
             seen["refused"] += 1
             return
         seen["accepted"] += 1
-        build_trainer(r, tmp_path / "run", progress=False)
+        build_trainer(r.trainer, tmp_path / "run", progress=False)
 
     try:
         prop()

@@ -159,10 +159,10 @@ def resized_crop(x: Tensor, g: torch.Generator, size: Annotated[int, Field(ge=1)
     theta[:, 1, 1], theta[:, 1, 2] = h / H, cy
     grid = F.affine_grid(theta, [B, C, size, size], align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return _like(out, x)
+    return like_input(out, x)
 
 
-def _like(out: Tensor, ref: Tensor) -> Tensor:
+def like_input(out: Tensor, ref: Tensor) -> Tensor:
     """Back to the input's dtype (uint8: round and clamp to 0..255)."""
     if ref.dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
@@ -253,7 +253,7 @@ def pca_jitter(x: Tensor, g: torch.Generator, alpha_std: NonNeg = 0.1,
     vals, vecs = eigvals.to(x.device), eigvecs.to(x.device)
     delta = (alpha * vals.sqrt()) @ vecs.T  # (B, C): sum_i a_i sqrt(l_i) p_i
     peak = 255.0 if x.dtype == torch.uint8 else 1.0
-    return _like((x.float() + delta.view(B, C, 1, 1) * peak).clamp_(0, peak), x)
+    return like_input((x.float() + delta.view(B, C, 1, 1) * peak).clamp_(0, peak), x)
 
 
 pca_jitter.fitted = ("eigvals", "eigvecs")  # type: ignore[attr-defined]

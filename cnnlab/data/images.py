@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from cnnlab.errors import UserError
-from cnnlab.runinfo import save_tensors
+from cnnlab.io import save_tensors
 
 MAX_PIXELS = 8192 * 8192  # 67M px (200 MB decoded as RGB uint8): a larger header is refused before decoding
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cnnlab.data.sources import SOURCES, MappedSplit, Split, resize
+from cnnlab.data.sources import SOURCES, Split, resize
 from cnnlab.errors import UserError
 from cnnlab.data.spec import DataSpec
 
@@ -50,8 +50,9 @@ class TensorImages(Dataset):
         return self.transform(image)
 
 
-def _batch(b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    return b  # __getitems__ already returns a collated batch
+def collated(b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """collate_fn of cnnlab loaders: TensorImages.__getitems__ already returns a collated batch."""
+    return b
 
 
 def per_process_batch(batch_size: int, processes: int) -> int:
@@ -264,7 +265,7 @@ class ImageDataModule(pl.LightningDataModule):
                 rank_zero_warn(self.placement["why"])
         split = getattr(self, name)
         if self.placement["used"] != "device":
-            if isinstance(split, MappedSplit) and split.mapped:
+            if split.mapped:
                 return split.base, split.labels, split.rows
             return split.images, split.labels, None
         if name not in self._placed:  # on a CPU .to() returns the very same tensors: one code path
@@ -281,7 +282,7 @@ class ImageDataModule(pl.LightningDataModule):
                    else Shard(len(ds), rank, processes))
         w = self.spec.num_workers
         pin = images.device.type == "cpu" and self._device().type == "cuda"  # then Lightning copies with non_blocking
-        return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=_batch, num_workers=w,
+        return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collated, num_workers=w,
                           persistent_workers=w > 0, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,44 +21,25 @@ FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-@dataclass
 class Split:
-    images: Tensor  # (N, C, H, W) uint8
-    labels: Tensor  # (N,) int64
-    classes: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): image files left out, unreadable
-    sizes: list[tuple[int, int]] = field(default_factory=list)  # image files: each one's original (width, height)
-    cached: bool = False  # image files: decoded tensors read from the cache
+    """One split: uint8 (N, C, H, W) images, int64 (N,) labels and the class names, with what loading
+    found (image files left out as unreadable, each file's original size, whether the decoded tensors
+    came from the cache). The images are in memory, or rows of a memory-mapped pack (`mapped`): then
+    `base` is the whole packed split (a map of the file) and `rows` this split's images in it (None:
+    all, in order). Subsets compose rows and read nothing; the data module's loaders and statistics
+    gather rows as they go. `images` gathers every row, once, for whatever asks for all of them
+    (augmentation fitting, a feature cache); a resized split holds its images like any other."""
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """(N, C, H, W), without reading a pixel."""
-        return tuple(self.images.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.images.nbytes + self.labels.nbytes
-
-    def take(self, idx: Tensor) -> "Split":
-        """The images and labels at `idx`."""
-        return Split(self.images[idx], self.labels[idx], self.classes)
-
-    def chunks(self, n: int):
-        """The images, n at a time, in order."""
-        return self.images.split(n)
-
-
-class MappedSplit(Split):
-    """A split of a memory-mapped pack: `base` is the whole packed split (a map of the file) and
-    `rows` this split's images in it (None: all, in order). Subsets compose rows and read nothing;
-    the data module's loaders and statistics gather rows as they go. `images` gathers every row, once,
-    for whatever asks for all of them (augmentation fitting, a feature cache); a resized split holds
-    its images like any other."""
-
-    def __init__(self, base: Tensor, labels: Tensor, classes: list[str], rows: Tensor | None = None):
-        self.base, self.rows, self._images = base, rows, None
+    def __init__(self, images: Tensor | None, labels: Tensor, classes: list[str],
+                 skipped: list[tuple[str, str]] | None = None, sizes: list[tuple[int, int]] | None = None,
+                 cached: bool = False, *, base: Tensor | None = None, rows: Tensor | None = None):
+        if (images is None) == (base is None):
+            raise ValueError("a split holds its images or a map of them (base), not both or neither")
+        self._images, self.base, self.rows = images, base, rows
         self.labels, self.classes = labels, classes
-        self.skipped, self.sizes, self.cached = [], [], False
+        self.skipped = skipped if skipped is not None else []  # (file, reason)
+        self.sizes = sizes if sizes is not None else []  # image files: each one's (width, height)
+        self.cached = cached
 
     @property
     def images(self) -> Tensor:
@@ -73,25 +53,29 @@ class MappedSplit(Split):
 
     @property
     def mapped(self) -> bool:
-        """True while the images are still read from the map (nothing gathered whole)."""
+        """True while the images are read from a pack's map (nothing gathered whole)."""
         return self._images is None
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """(N, C, H, W), without reading a pixel."""
         return (len(self.labels), *self.base.shape[1:]) if self.mapped else tuple(self._images.shape)
 
     @property
     def nbytes(self) -> int:
-        return len(self.labels) * self.base[:1].nbytes + self.labels.nbytes if self.mapped else super().nbytes
+        one = self.base[:1].nbytes if self.mapped else self._images[:1].nbytes
+        return len(self.labels) * one + self.labels.nbytes
 
-    def take(self, idx: Tensor) -> Split:
+    def take(self, idx: Tensor) -> "Split":
+        """The images and labels at `idx` (rows of the map, when mapped: nothing is read)."""
         if not self.mapped:
-            return super().take(idx)
-        return MappedSplit(self.base, self.labels[idx], self.classes, idx if self.rows is None else self.rows[idx])
+            return Split(self._images[idx], self.labels[idx], self.classes)
+        return Split(None, self.labels[idx], self.classes, base=self.base, rows=idx if self.rows is None else self.rows[idx])
 
     def chunks(self, n: int):
+        """The images, n at a time, in order."""
         if not self.mapped:
-            return super().chunks(n)
+            return self._images.split(n)
         rows = self.rows if self.rows is not None else torch.arange(len(self.labels))
         return (self.base.index_select(0, r) for r in rows.split(n))
 
@@ -251,4 +235,4 @@ def packed(root: Path | None, split: str, decode: Decode = Decode()) -> Split:
     pack = open_pack(Path(root), check=key not in _VERIFIED)
     _VERIFIED.add(key)
     s = pack.split(split)
-    return MappedSplit(s.images, s.labels, pack.classes)
+    return Split(None, s.labels, pack.classes, base=s.images)

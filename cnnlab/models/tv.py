@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor, nn
 
 from cnnlab.errors import UserError
 from cnnlab.models.registry import MODELS
+from cnnlab.models.weights import load_into, load_state_dict_file
 from cnnlab.registry import did_you_mean
 
 
@@ -39,22 +39,6 @@ def replace_classifier(net: nn.Module, num_classes: int) -> nn.Module:
     return net
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from a local file, loaded safely (tensors only); also unwraps Lightning checkpoints."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model.weights: file not found: {p}")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not plain tensors, or not a torch file at all
-        raise UserError(f"model.weights: {p} is not a loadable state dict ({type(e).__name__}: {e})") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise UserError(f"model.weights: {p} holds a {type(sd).__name__}, not a state dict")
-    return sd
-
-
 def _torchvision(name: str) -> Callable[..., nn.Module]:
     import torchvision
 
@@ -75,11 +59,7 @@ def _builder(name: str) -> Callable[..., nn.Module]:
         else:
             net = torchvision.models.get_model(name, weights=None)
             sd = load_state_dict_file(weights)
-            try:
-                net.load_state_dict(sd)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
-                raise UserError(f"model.weights: {weights} does not fit torchvision:{name}: {first}") from None
+            load_into(net, sd, f"model.weights: {weights} does not fit torchvision:{name}")
             if num_classes != net.state_dict()[next(k for k in reversed(sd) if k.endswith('.weight'))].shape[0]:
                 replace_classifier(net, num_classes)
         if in_channels not in (1, 3):

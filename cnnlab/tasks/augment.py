@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from cnnlab import runinfo
 from cnnlab.augment import Pipeline, build_pipeline
-from cnnlab.augment.loader import per_sample_transform
+from cnnlab.bench.augment import bench
 from cnnlab.data import ImageDataModule
-from cnnlab.data.module import TensorImages, _batch
+from cnnlab.engine.assemble import require_one_process
+from cnnlab.engine.run import train
 from cnnlab.errors import UserError
+from cnnlab.io import new_run_dir, write_json, write_recipe
 from cnnlab.recipe import Recipe, validate
 
 
@@ -64,67 +63,6 @@ def _fit(x: Tensor, H: int, W: int) -> Tensor:
     return resize(x, H) if H == W else torch.nn.functional.interpolate(x.float(), (H, W)).to(x.dtype)
 
 
-def _median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
-    """Images/s of `fn` (which returns how many images it processed): warm-up, then the median."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
-
-
-def bench(recipe: Recipe, data: ImageDataModule, pipe: Pipeline, batch_size: int = 512, batches: int = 20, workers: int = 2, repeats: int = 5) -> dict[str, Any]:
-    """Augmented-batch throughput of the recipe's pipeline, side by side in one process:
-    device mode (one batched call per batch, on the training device), loader mode (per-sample
-    torchvision v2 in `workers` DataLoader workers), and a plain copy of the same bytes (ceiling).
-    Every mode cuts the same shuffled batches from the same in-memory training images."""
-    use_cuda = recipe.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
-    images, labels = data.train.images, data.train.labels
-    n = min(batches * batch_size, len(labels) // batch_size * batch_size)
-    if n == 0:
-        raise UserError(f"bench: the training split has {len(labels)} images, fewer than one batch of {batch_size}")
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(recipe.seed))[:n]
-    sync = torch.cuda.synchronize if use_cuda else (lambda: None)
-    g = torch.Generator(device=device).manual_seed(recipe.seed)
-
-    def device_mode() -> int:
-        for idx in order.split(batch_size):
-            pipe(images.index_select(0, idx).to(device, non_blocking=True), g)
-        sync()
-        return n
-
-    def copy_only() -> int:
-        for idx in order.split(batch_size):
-            images.index_select(0, idx).to(device, non_blocking=True).clone()
-        sync()
-        return n
-
-    ds = TensorImages(images[order], labels[order], per_sample_transform(pipe, tuple(images.shape[-2:])))
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_batch,
-                        persistent_workers=workers > 0)
-
-    def loader_mode() -> int:
-        for x, _ in loader:
-            x.to(device, non_blocking=True)
-        sync()
-        return n
-
-    rates = {}
-    for name, fn in (("device", device_mode), ("loader", loader_mode), ("copy", copy_only)):
-        rates[name], runs = _median_rate(fn, repeats if name != "loader" else max(1, repeats // 2))
-        rates[f"{name}_runs"] = runs
-    ops = [step[0] for step in pipe.steps]
-    return {"ops": ops, "batch_size": batch_size, "images_per_repeat": n, "loader_workers": workers,
-            "device": str(device), "threads": torch.get_num_threads(),
-            "images_per_s": {k: rates[k] for k in ("device", "loader", "copy")},
-            "runs": {k: rates[f"{k}_runs"] for k in ("device", "loader", "copy")},
-            "device_over_loader": rates["device"] / rates["loader"],
-            "device_over_copy": rates["device"] / rates["copy"]}
-
-
 def ablation_variants(ops: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """No augmentation, each op alone, and the whole pipeline."""
     return [("none", []), *((op["name"], [op]) for op in ops), ("all", ops)]
@@ -134,8 +72,6 @@ def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True)
     """Ordinary cnnlab training runs per variant and seed (recipe seed, +1, ...): same data, model
     and budget; the runs are kept under `out_dir`. Test accuracy per variant as the mean over seeds,
     with its spread, and the mean gain over 'none' (paired by seed)."""
-    from cnnlab.tasks import train as train_task
-
     if not recipe.augment.ops:
         raise UserError("augment.ops: the recipe has no augmentation ops to ablate")
     base = recipe.dump()
@@ -147,7 +83,7 @@ def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True)
             raw = copy.deepcopy(base)
             raw["augment"]["ops"], raw["seed"] = ops, seed
             raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
-            runs.append(train_task.run(validate(raw, f"ablation variant {name}"), progress=progress))
+            runs.append(train(validate(raw, f"ablation variant {name}"), progress=progress))
         accs = [r["test_acc"] for r in runs]
         rows.append({"variant": name, "test_acc": statistics.mean(accs),
                      "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_accs": accs,
@@ -164,15 +100,14 @@ def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, abla
         progress: bool = True) -> dict[str, Any]:
     """The grid (always), the throughput bench (with a batch size) and the ablation (with a number of
     seeds), written to one run folder: augment_grid.png, ablation.png, results.json (returned)."""
-    from cnnlab.report import plot_ablation, plot_grid
-    from cnnlab.tasks.train import require_one_process
+    from cnnlab.report.augment import plot_ablation, plot_grid
 
     require_one_process(recipe, "augment")
     data, pipe = prepare(recipe)  # loads the data: a bad root fails here, before any folder exists
     g = grid(recipe, data, pipe, rows=rows)
     b = bench(recipe, data, pipe, batch_size=bench_batch_size) if bench_batch_size else None
-    run_dir = runinfo.new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-augment")
-    runinfo.write_recipe(run_dir, recipe.dump())
+    run_dir = new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-augment")
+    write_recipe(run_dir, recipe.dump())
     plot_grid(g, run_dir / "augment_grid.png")
     results: dict[str, Any] = {"run_dir": str(run_dir), "grid": str(run_dir / "augment_grid.png"),
                                "grid_columns": g.columns, "grid_rows": len(g.labels)}
@@ -182,5 +117,5 @@ def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, abla
         results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress)
         plot_ablation(a, run_dir / "ablation.png")
         results["ablation_plot"] = str(run_dir / "ablation.png")
-    runinfo.write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     return results

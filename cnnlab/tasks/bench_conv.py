@@ -8,10 +8,13 @@ from typing import Any
 
 import torch
 
-from cnnlab import runinfo
-from cnnlab.conv.bench import SWEEP, bench_model, bench_shape
-from cnnlab.conv.stacking import compare
+from cnnlab.bench.conv import SWEEP, bench_model, bench_shape
+from cnnlab.bench.stacking import compare
+from cnnlab.engine.assemble import require_one_process
+from cnnlab.engine.run import train
+from cnnlab.env import versions
 from cnnlab.errors import UserError
+from cnnlab.io import new_run_dir, write_json
 from cnnlab.models import MODELS, build_model
 from cnnlab.models.stacked import BLOCKS
 from cnnlab.recipe import Recipe, load as load_recipe
@@ -59,8 +62,6 @@ def model_net(name: str, shape: tuple[int, int, int, int]) -> torch.nn.Module:
 def stacking_recipes(recipe: Path | None, overrides: list[str]) -> list[tuple[str, Recipe]]:
     """One `cnnlab train` recipe per block type: `recipe` (default recipes/stacking.yaml) with
     model.name set to vgg-<block>; all validated before anything runs."""
-    from cnnlab.tasks.train import require_one_process
-
     path = recipe or STACKING_RECIPE
     out = []
     for block in BLOCKS:
@@ -72,12 +73,10 @@ def stacking_recipes(recipe: Path | None, overrides: list[str]) -> list[tuple[st
 
 def train_blocks(recipes: list[tuple[str, Recipe]], folder: Path, progress: bool) -> list[dict[str, Any]]:
     """`cnnlab train` of each vgg-<block> into `folder`; accuracy, size and speed side by side."""
-    from cnnlab.tasks import train
-
     rows = []
     for block, r in recipes:
         r.output.dir, r.output.name = str(folder), f"train-{block}"
-        res = train.run(r, progress=progress)
+        res = train(r, progress=progress)
         rows.append({"block": block, "model": r.model.name, "test_acc": res["test_acc"], "test_loss": res["test_loss"],
                      "parameters": res["parameters"], "epochs": res["epochs"], "wall_time_s": res["wall_time_s"],
                      "train_images_per_s": res.get("train_images_per_s"), "run_dir": res["run_dir"]})
@@ -100,18 +99,18 @@ def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, devi
     net = model_net(model, in_shape) if model else None
     shapes = [] if model else [parse_shape(shape)] if shape else SWEEP
     trained = stacking_recipes(recipe, list(overrides)) if train else []
-    folder = runinfo.new_run_dir(out_dir, "bench-conv")
+    folder = new_run_dir(out_dir, "bench-conv")
     results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
                                "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
-                               "torch_threads": torch.get_num_threads(), "versions": runinfo.versions()}
+                               "torch_threads": torch.get_num_threads(), "versions": versions()}
     if net is not None:
         results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
     if stacking:
         results["stacking"] = compare(repeats=repeats, device=device)
     if trained:
         results["stacking_train"] = train_blocks(trained, folder, progress)
-    runinfo.write_json(folder / "bench_conv.json", results)
-    from cnnlab.report import plot_bench_conv
+    write_json(folder / "bench_conv.json", results)
+    from cnnlab.report.bench_conv import plot_bench_conv
 
     plot_bench_conv(results, folder / "bench_conv.png")
     return results

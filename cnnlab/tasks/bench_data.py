@@ -10,12 +10,15 @@ from typing import Any, Callable
 
 import torch
 
-from cnnlab import pack, runinfo
+from cnnlab import pack
+from cnnlab.bench import data as b
+from cnnlab.bench.timing import interleaved
 from cnnlab.data import ImageDataModule
 from cnnlab.data.images import workers as cpu_workers
 from cnnlab.data.module import channel_stats
+from cnnlab.env import cpu_name, versions
 from cnnlab.errors import UserError
-from cnnlab.pack import bench as b
+from cnnlab.io import new_run_dir, write_json
 from cnnlab.recipe import Recipe
 
 # (key, what it is, where the bytes come from, cache): cold = page cache dropped first; warm = the
@@ -51,7 +54,7 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
     if limit is not None:
         images, labels = images[:limit].clone(), labels[:limit].clone()
     n, batch = len(labels), min(recipe.data.batch_size, len(labels))
-    folder = runinfo.new_run_dir(out_dir, "bench-data")
+    folder = new_run_dir(out_dir, "bench-data")
     scratch = folder / "data"
     scratch.mkdir()
     png = Path(export_folder) if export_folder else scratch / "png"
@@ -89,7 +92,7 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
                 return secs
             return f
 
-        times = b.measure({k: timed(k) for k in fns}, repeats, before,
+        times = interleaved({k: timed(k) for k in fns}, repeats, before,
                           on_step=lambda k: on_step(f"measuring {k}"))
         expected = images[batches[0]]
         same = {k: bool(torch.equal(v, expected)) for k, v in firsts.items()}
@@ -114,10 +117,10 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
                     "memcpy_over_packed": speed["memcpy"] / speed["packed-gather-warm"],
                     "memcpy_over_packed_hot": speed["memcpy"] / speed["packed-gather-hot"]},
         "h2d": h2d, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu": runinfo.cpu_name(), "torch_threads": torch.get_num_threads(), "versions": runinfo.versions(),
+        "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "versions": versions(),
     }
-    runinfo.write_json(folder / "bench_data.json", results)
-    from cnnlab.report import plot_bench_data
+    write_json(folder / "bench_data.json", results)
+    from cnnlab.report.bench_data import plot_bench_data
 
     plot_bench_data(results, folder / "bench_data.png")
     return results

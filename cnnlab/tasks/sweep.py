@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from cnnlab import runinfo
+from cnnlab.engine.assemble import require_one_process
+from cnnlab.engine.run import train
+from cnnlab.env import versions
 from cnnlab.errors import Diverged, UserError
+from cnnlab.io import epoch_metrics, new_run_dir, write_json, write_recipe
 from cnnlab.recipe import Recipe, load
-from cnnlab.report import epoch_metrics, plot_sweep_curves
+from cnnlab.report.sweep import plot_sweep_curves
 from cnnlab.sweep import summarise
-from cnnlab.tasks import train
 
 
 def _slug(name: str) -> str:
@@ -23,7 +25,7 @@ def plan(recipe: Recipe) -> dict[tuple[str, int], Recipe]:
     before any folder is made."""
     if recipe.sweep is None:
         raise UserError("--sweep: the recipe has no sweep: section (sweep: {seeds: [0, 1], variants: {name: [KEY=VALUE, ...]}})")
-    train.require_one_process(recipe, "train --sweep")
+    require_one_process(recipe, "train --sweep")
     base = recipe.dump()
     base.pop("sweep")
     # seed by seed, every variant in turn: a variant's runs are spread over the sweep, so a machine
@@ -36,14 +38,14 @@ def run(recipe: Recipe, progress: bool = True, on_run: Callable[[str, int, dict[
     """Train every (variant, seed); `on_run(variant, seed, result)` after each. A run that diverges
     is recorded (step, checkpoint) and the sweep goes on."""
     runs_of = plan(recipe)
-    out = runinfo.new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-sweep")
-    runinfo.write_recipe(out, recipe.dump())
+    out = new_run_dir(recipe.output.dir, f"{recipe.output.name or 'run'}-sweep")
+    write_recipe(out, recipe.dump())
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in recipe.sweep.variants}
     curves: dict[str, dict[int, dict[int, float]]] = {v: {} for v in recipe.sweep.variants}
     for (variant, seed), r in runs_of.items():
         r.output.dir, r.output.name = str(out), f"{_slug(variant)}-seed{seed}"
         try:
-            res = train.run(r, progress=progress)
+            res = train(r, progress=progress)
             run_dir = Path(res["run_dir"])
         except Diverged as e:
             run_dir = Path(e.checkpoint).parent.parent
@@ -62,8 +64,8 @@ def run(recipe: Recipe, progress: bool = True, on_run: Callable[[str, int, dict[
                "runs": {v: [{k: r.get(k) for k in ("seed", "run_dir", "test_acc", "final_train_loss", "train_images_per_s",
                                                      "wall_time_s", "diverged")} for r in rs] for v, rs in results.items()},
                "device": next((r["device"] for rs in results.values() for r in rs if "device" in r), None),
-               "versions": runinfo.versions()}
-    runinfo.write_json(out / "sweep.json", summary)
+               "versions": versions()}
+    write_json(out / "sweep.json", summary)
     if recipe.output.plots:
         plot_sweep_curves(summary, out / "sweep.png")
     return summary

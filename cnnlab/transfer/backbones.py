@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
 from cnnlab.models.spec import ModelSpec
-from cnnlab.models.tv import load_state_dict_file
+from cnnlab.io import find_checkpoint
+from cnnlab.models.weights import load_into, load_state_dict_file
 from cnnlab.registry import Registry, did_you_mean
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -67,20 +68,12 @@ def tap_channels(stages: nn.ModuleList, in_channels: int) -> list[int]:
 
 
 def _load(net: nn.Module, sd: dict[str, Tensor], weights: str | Path, name: str) -> None:
-    try:
-        net.load_state_dict(sd)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        raise UserError(f"finetune.weights: {weights} does not fit backbone {name}: "
-                        f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+    load_into(net, sd, f"finetune.weights: {weights} does not fit backbone {name}")
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """A state dict, with model.weights' checks (tensors only), reported under finetune.weights."""
-    try:
-        return load_state_dict_file(path)
-    except UserError as e:
-        raise UserError(str(e).replace("model.weights", "finetune.weights", 1)) from None
+    return load_state_dict_file(path, "finetune.weights")
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
@@ -152,8 +145,6 @@ def _first(e: ValidationError) -> str:
 
 def checkpoint_path(weights: str | Path) -> Path:
     """A run folder (its checkpoints/best.ckpt, else last.ckpt) or a .ckpt file."""
-    from cnnlab.runinfo import find_checkpoint
-
     return find_checkpoint(weights, "finetune.weights")
 
 

@@ -18,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from cnnlab.data.module import TensorImages, collated
 from cnnlab.data.sources import Split
-from cnnlab.runinfo import save_tensors
+from cnnlab.io import save_tensors
 from cnnlab.transfer.backbones import Backbone
 from cnnlab.transfer.regimes import TransferNet
 
@@ -55,39 +56,33 @@ def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int, splits:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def extract(backbone: Backbone, splits: dict[str, Split], batch_size: int, accelerator: str = "auto",
-            progress: bool = False) -> dict[str, Tensor]:
-    """Pooled taps of every stage for every split: {split: (N, sum C_i) float32}."""
-    from pytorch_lightning.callbacks import RichProgressBar
-
-    from cnnlab.data.module import TensorImages, _batch
-
+def extract(backbone: Backbone, splits: dict[str, Split], batch_size: int, trainer: pl.Trainer) -> dict[str, Tensor]:
+    """Pooled taps of every stage for every split: {split: (N, sum C_i) float32}, predicted by
+    `trainer` (the engine's one-device evaluator)."""
     net = TransferNet(backbone, 1, tuple(range(len(backbone.stages))))
     net.set_frozen(frozenset(range(len(net.stages))))
     net.to(memory_format=torch.channels_last)
     module = _Extractor(net, torch.tensor(backbone.mean), torch.tensor(backbone.std))
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                         callbacks=[RichProgressBar(leave=False)] if progress else [])
     out = {}
     for name, split in splits.items():
         loader = torch.utils.data.DataLoader(TensorImages(split.images, split.labels), batch_size=batch_size,
-                                             collate_fn=_batch)
+                                             collate_fn=collated)
         feats = trainer.predict(module, dataloaders=loader) if len(split.labels) else []
         out[name] = torch.cat(feats).float().cpu() if feats else torch.zeros(0, sum(backbone.channels))
     return out
 
 
 def cached_features(backbone: Backbone, splits: dict[str, Split], key: str, cache_dir: str | None,
-                    batch_size: int, accelerator: str = "auto", progress: bool = False) -> tuple[dict[str, Tensor], bool]:
-    """(features per split, whether they came from the cache). `cache_dir` None: no cache."""
+                    batch_size: int, trainer: pl.Trainer, write: bool = True) -> tuple[dict[str, Tensor], bool]:
+    """(features per split, whether they came from the cache). `cache_dir` None: no cache; a miss
+    is stored there only when `write` (global rank 0 writes, the other processes read)."""
     path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         stored: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         if stored.get("key") == key and all(len(stored[n]) == len(s.labels) for n, s in splits.items()):
             return {n: stored[n] for n in splits}, True
-    feats = extract(backbone, splits, batch_size, accelerator, progress)
-    if path is not None:
+    feats = extract(backbone, splits, batch_size, trainer)
+    if path is not None and write:
         save_tensors(path, {"key": key, "backbone": backbone.identity, **feats})
     return feats, False
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from cnnlab.augment.ops import PadMode, _like, check_batch, translate
+from cnnlab.augment.ops import PadMode, like_input, check_batch, translate
 from cnnlab.tta import VIEWS
 
 Px = Annotated[int, Field(ge=1)]
@@ -63,7 +63,7 @@ def _resize(x: Tensor, h: int, w: int) -> Tensor:
     """Bilinear resize (antialiased when shrinking), back to the input's dtype."""
     out = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False,
                         antialias=h < x.shape[-2] or w < x.shape[-1])
-    return _like(out, x)
+    return like_input(out, x)
 
 
 def _corners_and_centre(x: Tensor, pad: int, mode: str, pad_mode: str) -> Tensor:

@@ -4,38 +4,19 @@ GFLOP/s, the ratio to `direct`, the extra memory and the error against a float64
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cnnlab.bench.timing import median_seconds
 from cnnlab.conv import ALGORITHMS
 from cnnlab.conv.algorithms import Unsupported
+from cnnlab.conv.module import conv_padding, swap, why_not
 
 # (N, C, H, W, K, k): the default sweep, kernel sizes 1-11 at 64 x 64 ('same' padding, stride 1)
 SWEEP = [(8, 16, 64, 64, 16, k) for k in (1, 3, 5, 7, 11)]
 BENCHED = ["direct", "im2col", "im2col-tiled", "fft", "winograd-2x2", "winograd-4x4"]  # `loops` is for tests
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_shape(shape: tuple[int, int, int, int, int, int], algorithms: list[str] = BENCHED, repeats: int = 5,
@@ -59,7 +40,7 @@ def bench_shape(shape: tuple[int, int, int, int, int, int], algorithms: list[str
             except Unsupported as e:
                 rows.append({**row, "unsupported": str(e)})
                 continue
-            t = seconds(lambda: alg(x, w, None, 1, pad), dev, repeats)
+            t = median_seconds(lambda: alg(x, w, None, 1, pad), dev, repeats)
             rows.append({**row, "ms": t * 1e3, "gflops": flops / t / 1e9,
                          "extra_mib": alg.workspace(x.shape, w.shape, padding=pad, itemsize=x.element_size()) / 2**20,
                          "multiplications": alg.multiplications(x.shape, w.shape, padding=pad),
@@ -90,8 +71,6 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
     """Every convolution of `net` at `input_shape`, timed with each algorithm that can compute it
     (the same random input of the layer's shape and the layer's own weights), and the whole net's
     forward + backward with its convolutions on each algorithm (the others on direct)."""
-    from cnnlab.conv.module import conv_padding, swap, why_not
-
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     net = net.to(dev)
@@ -116,7 +95,7 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
                     alg, pad = ALGORITHMS.get(alg_name), conv_padding(m)
                     fn = lambda: alg(xi, m.weight, m.bias, m.stride, pad, m.dilation)  # noqa: E731
                 y = fn()
-                row["ms"][alg_name] = seconds(fn, dev, repeats) * 1e3
+                row["ms"][alg_name] = median_seconds(fn, dev, repeats) * 1e3
                 row["rel_error"][alg_name] = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
             layers.append(row)
     totals = []
@@ -135,7 +114,7 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
         totals.append({"algorithm": alg_name, "layers": len(on), "of": len(layers), "ms": ms,
                        "vs_direct": ms / direct_on if on and direct_on else None,
                        "all_layers_ms": ms + direct_all - direct_on,  # unsupported layers on direct
-                       "net_fwd_bwd_ms": seconds(step, dev, repeats) * 1e3})
+                       "net_fwd_bwd_ms": median_seconds(step, dev, repeats) * 1e3})
     base = next(t["net_fwd_bwd_ms"] for t in totals if t["algorithm"] == "direct") if "direct" in algorithms else None
     for t in totals:
         t["net_vs_direct"] = t["net_fwd_bwd_ms"] / base if base else None

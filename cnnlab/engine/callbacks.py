@@ -1,22 +1,19 @@
-"""Evidence that travels with results: run folders, versions, device, peak memory, throughput."""
+"""The callbacks and logger every cnnlab Trainer carries: the run folder (made by global rank 0,
+broadcast to the others), metrics.csv, and the throughput and peak-memory meter."""
 from __future__ import annotations
 
 import csv
-import json
-import os
-import platform
-import resource
-import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import yaml
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
+
+from cnnlab.env import host_peak_mib
+from cnnlab.io import read_metrics
 
 
 def quiet_lightning() -> None:
@@ -28,23 +25,6 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty (on global rank 0 only); a folder that
-    cannot be made is a user error naming output.dir."""
-    from cnnlab.errors import UserError
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(out_dir) / f"{name}-{stamp}"
-    path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    try:
-        path.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"output.dir: cannot make the run folder {path}: {e.strerror or e}") from None
-    return path
 
 
 def launch_rank(trainer: pl.Trainer) -> int:
@@ -125,99 +105,6 @@ class MetricsCSV(Logger):
             w.writeheader()
             w.writerows(self.rows)
         tmp.replace(self.path)
-
-
-def find_checkpoint(path: str | Path, key: str | None = None) -> Path:
-    """A run folder's checkpoints/best.ckpt (else last.ckpt), or a .ckpt file itself. `key` names
-    the recipe key the path came from, for the error message."""
-    from cnnlab.errors import UserError
-
-    p, at = Path(path), f"{key}: " if key else ""
-    if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
-        raise UserError(f"{at}{p}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this run folder")
-    if not p.is_file():
-        raise UserError(f"{at}file not found: {p} (expected a run folder or a checkpoint file)")
-    return p
-
-
-def write_text(path: Path, text: str) -> None:
-    """Written under a temporary name and renamed: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def save_tensors(path: Path, data: dict) -> None:
-    """torch.save under a temporary name (this process's own), then a rename: a cache file is whole
-    or absent, even with two runs filling the same cache at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-
-
-def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a metrics.csv (those logged before `before_epoch`, when given), values as floats."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in row.items() if v}
-                for row in csv.DictReader(f) if row.get("epoch")]
-    return [r for r in rows if before_epoch is None or r["epoch"] < before_epoch]
-
-
-def best_metric(path: Path, key: str) -> float | None:
-    """The largest value `key` reached in a metrics.csv (e.g. the best validation accuracy)."""
-    values = [r[key] for r in read_metrics(path) if key in r]
-    return max(values) if values else None
-
-
-def epochs_logged(path: Path) -> int:
-    """Training epochs a metrics.csv holds (across a resume, too)."""
-    return len({r["epoch"] for r in read_metrics(path) if "train/loss" in r})
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-
-    import cnnlab
-
-    return {"cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "pytorch_lightning": pl.__version__}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info(trainer: pl.Trainer) -> dict[str, Any]:
-    """The device the strategy trained on (not the module's, which teardown moves back to the CPU)."""
-    device = trainer.strategy.root_device
-    info: dict[str, Any] = {"type": device.type, "processes": trainer.world_size, "strategy": type(trainer.strategy).__name__}
-    if device.type == "cuda":
-        return {**info, "name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count()}
-    return {**info, "name": cpu_name(), "threads": torch.get_num_threads()}
-
-
-def host_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Throughput(pl.Callback):

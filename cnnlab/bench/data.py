@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,11 +14,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cnnlab.bench.timing import median_seconds
 from cnnlab.data.images import workers
 from cnnlab.data.module import TensorImages
 from cnnlab.errors import UserError
 from cnnlab.pack.format import open_pack
-from cnnlab.runinfo import write_json
+from cnnlab.io import write_json
 from cnnlab.transfer.features import digest
 
 EXPORT_MARK = ".cnnlab-export.json"  # what an exported folder holds, so a second run reuses it
@@ -131,20 +131,6 @@ def memcpy_pass(src: Tensor, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(methods: dict[str, Callable[[], float]], repeats: int, before: dict[str, Callable[[], None]] | None = None,
-            on_step: Callable[[str], None] = lambda name: None) -> dict[str, list[float]]:
-    """Each method `repeats` times, interleaved (a, b, c, a, b, c, ...) so that a drift of the machine
-    falls on all of them; `before[name]` runs (untimed) ahead of each of its passes."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            if before and name in before:
-                before[name]()
-            on_step(name)
-            times[name].append(fn())
-    return times
-
-
 def h2d_bandwidth(batch_bytes: int, repeats: int) -> list[dict[str, Any]] | None:
     """GB/s of host->device copies: pageable vs pinned memory, synchronous vs non_blocking (all copies
     queued, then one synchronize), for one batch and for H2D_BYTES. None without a GPU."""
@@ -159,17 +145,14 @@ def h2d_bandwidth(batch_bytes: int, repeats: int) -> list[dict[str, Any]] | None
         count = max(1, (1 << 30) // nbytes)  # about 1 GiB moved per timing
         for mode, src, blocking in (("pageable, sync", pageable, True), ("pinned, sync", pinned, True),
                                     ("pinned, non_blocking", pinned, False)):
-            secs = []
-            for _ in range(repeats + 1):  # the first is warm-up
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
+            def copies(src=src, blocking=blocking) -> None:
                 for _ in range(count):
                     dst.copy_(src, non_blocking=not blocking)
                     if blocking:
                         torch.cuda.synchronize()
-                torch.cuda.synchronize()
-                secs.append(time.perf_counter() - t0)
-            rows.append({"bytes": nbytes, "mode": mode, "gb_per_s": nbytes * count / statistics.median(secs[1:]) / 1e9})
+
+            secs = median_seconds(copies, dev, repeats, warmup=1)
+            rows.append({"bytes": nbytes, "mode": mode, "gb_per_s": nbytes * count / secs / 1e9})
     return rows
 
 

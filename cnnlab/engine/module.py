@@ -1,7 +1,6 @@
-"""The LightningModule (network injected, one shared step) and Trainer assembly from a recipe."""
+"""The LightningModule: the network injected, one shared step, torchmetrics for every metric."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -12,61 +11,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.engine.optim import build_optimizer, lr_factor, step_seed
 from cnnlab.errors import Diverged
-from cnnlab.precision import LowPrecision, LowPrecisionAdamW, LowPrecisionSGD, check_finite
+from cnnlab.precision import LowPrecision, check_finite
 from cnnlab.precision.finite import diverged_message
-from cnnlab.runinfo import MetricsCSV, RunFolder
-from cnnlab.spec import OptimSpec, ScheduleSpec, Training as Recipe  # any recipe with the training sections
+from cnnlab.spec import OptimSpec, ScheduleSpec
 
 PER_CLASS = "test/acc_class_"  # + class index: per-class test accuracy in trainer.test's results
-
-
-def lr_factor(step: int, total: int, steps_per_epoch: int, s: ScheduleSpec) -> float:
-    """Learning rate at `step` as a fraction of the peak: linear warm-up, then the named decay."""
-    warm = round(s.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)  # progress after warm-up, 0 -> 1
-    if s.name == "onecycle":
-        return 1 - (1 - s.final_frac) * t
-    if s.name == "cosine":
-        return s.final_frac + (1 - s.final_frac) * 0.5 * (1 + math.cos(math.pi * t))
-    if s.name == "step":
-        return s.gamma ** ((step - warm) // (s.step_epochs * steps_per_epoch))
-    return 1.0
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Every random draw of a training step (dropout, device augmentation) is a function of
-    (seed, rank, step): a resumed run continues exactly as an uninterrupted one would have, and the
-    processes of a data-parallel run draw differently (rank 0 as a single process does)."""
-    return seed * 1_000_003 + step + rank * 7_919_000_017
-
-
-def build_optimizer(params: list[tuple[str, nn.Parameter]], spec: OptimSpec, lr_scale: dict[str, float] | None = None,
-                    lowp: tuple[LowPrecision, nn.Module] | None = None) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only (not norms, biases). `lr_scale` maps a parameter-name
-    prefix to a learning-rate multiplier (discriminative learning rates), one param group each.
-    `lowp`: the 16-bit storage of (LowPrecision, net) stands for the parameters (optim.weights)."""
-    if lowp is not None:
-        params = list(lowp[0].storage(lowp[1]).items())
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, p in params:
-        if not p.requires_grad and lowp is None:
-            continue
-        scale = next((v for k, v in (lr_scale or {}).items() if name.startswith(k)), 1.0)
-        groups.setdefault((scale, p.ndim > 1), []).append(p)
-    param_groups = [{"params": ps, "lr": spec.lr * scale, "weight_decay": spec.weight_decay if decay else 0.0}
-                    for (scale, decay), ps in groups.items()]
-    if lowp is not None:
-        state = spec.weights.state  # type: ignore[attr-defined]
-        if spec.name == "sgd":
-            return LowPrecisionSGD(*lowp, param_groups, lr=spec.lr, momentum=spec.momentum,
-                                   nesterov=spec.nesterov and spec.momentum > 0, state_dtype=state)
-        return LowPrecisionAdamW(*lowp, param_groups, lr=spec.lr, betas=spec.betas, state_dtype=state)
-    if spec.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0)
-    return torch.optim.AdamW(param_groups, lr=spec.lr, betas=spec.betas)
 
 
 class Classifier(pl.LightningModule):
@@ -203,6 +154,11 @@ class Classifier(pl.LightningModule):
         raise Diverged(diverged_message(what, self.global_step, self.current_epoch, str(ckpt), self.trainer.precision,
                                         self.lowp.fmt.name if self.lowp is not None else None), self.global_step, str(ckpt))
 
+    def peak_lrs(self) -> list[float]:
+        """The learning rate of each parameter group the optimizer is built with (the schedule's peak)."""
+        lowp = (self.lowp, self.net) if self.lowp is not None else None
+        return [g["lr"] for g in build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale, lowp).param_groups]
+
     def configure_optimizers(self):
         lowp = (self.lowp, self.net) if self.lowp is not None else None
         opt = build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale, lowp)
@@ -211,28 +167,3 @@ class Classifier(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, total, per_epoch, self.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def build_trainer(recipe: Recipe, run: Path | RunFolder, callbacks: list[pl.Callback] = (), has_val: bool = True,
-                  progress: bool = True) -> pl.Trainer:
-    """A Trainer with the recipe's `trainer:` arguments, rich progress, metrics.csv and checkpoints in
-    the run folder (a path, or a RunFolder that global rank 0 fills in before `fit`). cnnlab's own
-    samplers shard the data per process (`use_distributed_sampler=False`)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
-
-    t = recipe.trainer
-    folder = run if isinstance(run, RunFolder) else RunFolder(run)
-    # last.ckpt on its own callback: Lightning's save_last only writes when a top-k checkpoint is
-    # written, so after an epoch that did not improve val/acc it would be stale (and resume lose epochs)
-    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1)
-    best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1)] if has_val else []
-    cbs: list[pl.Callback] = [folder, *best, last, *callbacks]  # trainer.checkpoint_callback: the first
-    if progress:
-        cbs.append(RichProgressBar(leave=False))
-    return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-        max_epochs=t.max_epochs, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if has_val else 0,
-        log_every_n_steps=t.log_every_n_steps, callbacks=cbs, enable_progress_bar=progress,
-        logger=MetricsCSV(), enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
-    )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.conv.bench import seconds
+from cnnlab.bench.timing import median_seconds
 from cnnlab.models.stacked import BLOCKS
 
 
@@ -50,5 +50,5 @@ def compare(channels: int = 64, size: int = 32, batch: int = 8, repeats: int = 5
                      "flops": conv_flops(block, size, size),
                      "nonlinearities": sum(isinstance(m, nn.ReLU) for m in block),
                      "receptive_field": receptive_field(list(block)),
-                     "fwd_bwd_ms": seconds(step, dev, repeats) * 1e3})
+                     "fwd_bwd_ms": median_seconds(step, dev, repeats) * 1e3})
     return rows

@@ -1,0 +1,109 @@
+"""Every kind of cnnlab checkpoint read and rebuilt in one place: `cnnlab train` runs (the recipe's
+model), fine-tuned TransferNets, and heads trained on cached features (put back onto the
+pretrained backbone)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.data import ImageDataModule
+from cnnlab.engine.assemble import assemble, module_args
+from cnnlab.engine.module import Classifier
+from cnnlab.errors import UserError
+from cnnlab.io import find_checkpoint
+from cnnlab.models.weights import load_into
+from cnnlab.recipe import Recipe, load as load_recipe
+from cnnlab.transfer import BACKBONES, TransferNet
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    hparams: dict[str, Any]  # the recipe (as plain data), num_classes, finetune's network keys
+    state_dict: dict[str, torch.Tensor]
+
+
+def read(path: str | Path, key: str | None = None) -> Checkpoint:
+    """A run folder's best (else last) checkpoint, or a .ckpt file, loaded safely (tensors only)."""
+    ckpt_path = find_checkpoint(path, key)
+    at = f"{key}: " if key else ""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        hparams, state_dict = ckpt["hyper_parameters"], ckpt["state_dict"]
+        hparams["recipe"], hparams["num_classes"]
+    except Exception as e:
+        raise UserError(f"{at}{ckpt_path}: not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
+    return Checkpoint(ckpt_path, hparams, state_dict)
+
+
+def epochs_done(ckpt_path: Path) -> int:
+    """Training epochs a checkpoint has completed (where a resumed run starts)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]
+
+
+def finetune_network(regime: str, taps: tuple[int, ...], backbone_identity: str, head_only: bool) -> dict[str, Any]:
+    """What a fine-tuned checkpoint needs besides its recipe to rebuild the network (`rebuild`)."""
+    return {"finetune": {"regime": regime, "taps": list(taps), "head_only": head_only, "backbone": backbone_identity}}
+
+
+def rebuild_finetuned(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Classifier:
+    """The classifier a `cnnlab finetune` checkpoint holds: TransferNet on the backbone its recipe names.
+    A head trained on cached features (linear, stages) goes back onto the pretrained backbone, read
+    from finetune.weights, with the backbone's normalisation; every other checkpoint holds all weights."""
+    spec, net_hp, k = recipe.finetune, hparams["finetune"], hparams["num_classes"]
+    build = BACKBONES.get(spec.backbone)
+    if net_hp["head_only"]:
+        bb = build(spec.weights, True)
+        if bb.identity != net_hp["backbone"]:
+            raise UserError(f"finetune.weights: {spec.weights} is {bb.identity}, not the backbone this head was "
+                            f"trained on ({net_hp['backbone']})")
+        net = TransferNet(bb, k, tuple(net_hp["taps"]))
+        net.head.load_state_dict({"weight": state_dict["net.1.weight"], "bias": state_dict["net.1.bias"]})
+        return Classifier(net, k, torch.tensor(bb.mean), torch.tensor(bb.std), **module_args(recipe, {"finetune": net_hp}))
+    bb = build(spec.weights, False)  # the architecture; the weights are all in the checkpoint
+    net = TransferNet(bb, k, tuple(net_hp["taps"]))
+    module = Classifier(net, k, state_dict["mean"].flatten(), state_dict["std"].flatten(),
+                        **module_args(recipe, {"finetune": net_hp}))
+    module.load_state_dict(state_dict)
+    return module
+
+
+@dataclass
+class Loaded:
+    """A checkpoint's network with its test split, and how this machine runs it."""
+
+    ckpt_path: Path
+    recipe: Recipe
+    data: ImageDataModule  # set up for "test"
+    module: Classifier
+    accelerator: str
+    precision: str
+
+
+def load(path: Path, overrides: list[str] = ()) -> Loaded:
+    """The checkpoint a run folder (or a .ckpt path) holds, rebuilt from its embedded recipe, with
+    `overrides` (--set KEY=VALUE) applied to that recipe."""
+    c = read(path)
+    recipe = load_recipe(None, list(overrides), base=c.hparams["recipe"], source=f"{c.path} (embedded recipe)")
+    misfit = f"{c.path}: its weights do not fit the network its recipe describes"
+    try:
+        if "finetune" in c.hparams:  # a fine-tuned TransferNet (or a head on cached features)
+            data = ImageDataModule(recipe.data, seed=recipe.seed)
+            data.setup("test")
+            module = rebuild_finetuned(recipe, c.hparams, c.state_dict)
+        else:  # `cnnlab train`: the recipe's model
+            a = assemble(recipe)
+            data, module = a.data, a.module
+            load_into(module, c.state_dict, misfit)
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{misfit} ({str(e).strip().splitlines()[0]})") from None
+    # a checkpoint trained anywhere evaluates here: the run's accelerator and precision when this
+    # machine has them, else whatever device is here at 32-bit (bf16/fp16 weights are cast up)
+    t = recipe.trainer
+    here = not t.preflight()
+    accelerator, precision = (t.accelerator, t.precision) if here else ("auto", "32-true")
+    return Loaded(c.path, recipe, data, module, accelerator, precision)

@@ -1,0 +1,109 @@
+"""Files a run writes and reads: atomic writes, run folders, the checkpoint finder, and the one
+reader of metrics.csv."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import UserError
+
+
+def write_text(path: Path, text: str) -> None:
+    """Written under a temporary name and renamed: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
+    import yaml
+
+    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))
+
+
+def save_tensors(path: Path, data: dict) -> None:
+    """torch.save under a temporary name (this process's own), then a rename: a cache file is whole
+    or absent, even with two runs filling the same cache at once."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def new_run_dir(out_dir: str | Path, name: str) -> Path:
+    """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty (call it on global rank 0 only); a
+    folder that cannot be made is a user error naming output.dir."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / f"{name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        path, k = Path(f"{base}-{k}"), k + 1
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"output.dir: cannot make the run folder {path}: {e.strerror or e}") from None
+    return path
+
+
+def find_checkpoint(path: str | Path, key: str | None = None) -> Path:
+    """A run folder's checkpoints/best.ckpt (else last.ckpt), or a .ckpt file itself. `key` names
+    the recipe key the path came from, for the error message."""
+    p, at = Path(path), f"{key}: " if key else ""
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise UserError(f"{at}{p}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this run folder")
+    if not p.is_file():
+        raise UserError(f"{at}file not found: {p} (expected a run folder or a checkpoint file)")
+    return p
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """checkpoints/last.ckpt of a run folder, the one a resumed run continues from."""
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise UserError(f"--resume: no checkpoints/last.ckpt in {run_dir}")
+    return ckpt
+
+
+def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a metrics.csv (those logged before `before_epoch`, when given), values as floats
+    (epoch and step as ints); empty cells are left out of a row."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in row.items() if v}
+                for row in csv.DictReader(f) if row.get("epoch")]
+    return [r for r in rows if before_epoch is None or r["epoch"] < before_epoch]
+
+
+def epoch_metrics(path: Path) -> dict[str, dict[int, float]]:
+    """metric name -> {epoch: value}, epoch-level values only (per-step ones are left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for r in read_metrics(path):
+        for k, v in r.items():
+            if k not in ("epoch", "step") and not k.endswith("_step"):
+                out.setdefault(k.removesuffix("_epoch"), {})[r["epoch"]] = v
+    return out
+
+
+def best_metric(path: Path, key: str) -> float | None:
+    """The largest value `key` reached in a metrics.csv (e.g. the best validation accuracy)."""
+    values = [r[key] for r in read_metrics(path) if key in r]
+    return max(values) if values else None
+
+
+def epochs_logged(path: Path) -> int:
+    """Training epochs a metrics.csv holds (across a resume, too)."""
+    return len({r["epoch"] for r in read_metrics(path) if "train/loss" in r})

@@ -1,0 +1,49 @@
+"""The console every renderer prints to, error lines, key-value tables and transient progress."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+if not console.is_terminal:  # a log file or a pipe: wide tables stay on one line per row
+    console.width = max(console.width, 120)
+
+
+def error(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@contextmanager
+def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar of bytes written; its value advances it by n bytes."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    if not console.is_terminal:  # nothing to redraw in a log
+        yield lambda n: None
+        return
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("writing", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def status() -> Iterator[Callable[[str], None]]:
+    """A transient status line (spinner); its value sets the text."""
+    if not console.is_terminal:
+        yield lambda text: None
+        return
+    with console.status("starting") as s:
+        yield lambda text: s.update(text)
