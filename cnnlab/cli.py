@@ -238,7 +238,7 @@ def bench_data(
     set_: Overrides = None,
     export_folder: Annotated[Optional[Path], typer.Option(help="Write (or reuse) the images as PNG files here and keep them; default a folder in the run folder, removed after.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
-    repeats: Annotated[int, typer.Option(help="Passes per method (median), interleaved.")] = 3,
+    repeats: Annotated[int, typer.Option(help="Rounds of one pass per method, interleaved; medians, and ratios as the median of the rounds' ratios.")] = 5,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers of the PNG path (default: one per core).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the pack (and PNG folder) made in the run folder.")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the run folder bench-data-<time>.")] = Path("runs"),

@@ -1,15 +1,17 @@
 """Side-by-side timing of the convolution algorithms on one layer shape: the same input and weights
-for every algorithm, warm-up, then the median of repeats (device-synchronised), with achieved
-GFLOP/s, the ratio to `direct`, the extra memory and the error against a float64 reference."""
+for every algorithm, warm-up, then `repeats` rounds of one call each (device-synchronised), with the
+median time, achieved GFLOP/s, the ratio to `direct` (the median of each round's ratio), the extra
+memory and the error against a float64 reference."""
 from __future__ import annotations
 
 import copy
+import statistics
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab.bench.timing import median_seconds
+from cnnlab.bench.timing import ratio, rounds
 from cnnlab.conv import ALGORITHMS
 from cnnlab.conv.algorithms import Unsupported
 from cnnlab.conv.module import conv_padding, swap, why_not
@@ -30,7 +32,7 @@ def bench_shape(shape: tuple[int, int, int, int, int, int], algorithms: list[str
     pad = k // 2
     ref = F.conv2d(x.double(), w.double(), None, 1, pad)
     flops = 2 * ALGORITHMS.get("direct").multiplications(x.shape, w.shape, padding=pad)
-    rows = []
+    rows, fns = [], {}
     with torch.no_grad():
         for name in algorithms:
             alg = ALGORITHMS.get(name)
@@ -40,15 +42,17 @@ def bench_shape(shape: tuple[int, int, int, int, int, int], algorithms: list[str
             except Unsupported as e:
                 rows.append({**row, "unsupported": str(e)})
                 continue
-            t = median_seconds(lambda: alg(x, w, None, 1, pad), dev, repeats)
-            rows.append({**row, "ms": t * 1e3, "gflops": flops / t / 1e9,
-                         "extra_mib": alg.workspace(x.shape, w.shape, padding=pad, itemsize=x.element_size()) / 2**20,
+            fns[name] = lambda alg=alg: alg(x, w, None, 1, pad)
+            rows.append({**row, "extra_mib": alg.workspace(x.shape, w.shape, padding=pad, itemsize=x.element_size()) / 2**20,
                          "multiplications": alg.multiplications(x.shape, w.shape, padding=pad),
                          "rel_error": float((y.double() - ref).abs().max() / ref.abs().max())})
-    base = next((r["ms"] for r in rows if r["algorithm"] == "direct" and "ms" in r), None)
+        times = rounds(fns, dev, repeats)  # every algorithm once a round: drift falls on all of them
     for r in rows:
-        if "ms" in r and base:
-            r["vs_direct"] = r["ms"] / base
+        if r["algorithm"] in times:
+            t = statistics.median(times[r["algorithm"]])
+            r.update(ms=t * 1e3, gflops=flops / t / 1e9)
+            if "direct" in times:
+                r["vs_direct"] = ratio(times, r["algorithm"], "direct")
     return rows
 
 
@@ -84,21 +88,23 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
             row: dict[str, Any] = {"layer": name, "input": list(shape), "weight": list(m.weight.shape),
                                    "stride": list(m.stride), "groups": m.groups, "mflops": flops / 1e6, "ms": {},
                                    "rel_error": {}, "unsupported": {}}
+            fns = {}
             for alg_name in algorithms:
                 reason = why_not(alg_name, m)
                 if reason is not None:
                     row["unsupported"][alg_name] = reason
                     continue
                 if alg_name == "direct":  # the layer as PyTorch computes it
-                    fn = lambda: torch.nn.Conv2d.forward(m, xi)  # noqa: E731
+                    fn = lambda m=m, xi=xi: torch.nn.Conv2d.forward(m, xi)  # noqa: E731
                 else:
                     alg, pad = ALGORITHMS.get(alg_name), conv_padding(m)
-                    fn = lambda: alg(xi, m.weight, m.bias, m.stride, pad, m.dilation)  # noqa: E731
+                    fn = lambda alg=alg, pad=pad, m=m, xi=xi: alg(xi, m.weight, m.bias, m.stride, pad, m.dilation)  # noqa: E731
                 y = fn()
-                row["ms"][alg_name] = median_seconds(fn, dev, repeats) * 1e3
+                fns[alg_name] = fn
                 row["rel_error"][alg_name] = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            row["ms"] = {a: statistics.median(ts) * 1e3 for a, ts in rounds(fns, dev, repeats).items()}
             layers.append(row)
-    totals = []
+    totals, steps = [], {}
     direct_all = sum(r["ms"]["direct"] for r in layers)
     for alg_name in algorithms:
         on = [r for r in layers if alg_name in r["ms"]]
@@ -107,15 +113,16 @@ def bench_model(net: torch.nn.Module, input_shape: tuple[int, ...], algorithms: 
         net_alg = copy.deepcopy(net).train()
         swap(net_alg, alg_name)
 
-        def step() -> None:
+        def step(net_alg=net_alg) -> None:
             net_alg.zero_grad(set_to_none=True)
             net_alg(x).float().sum().backward()
 
+        steps[alg_name] = step
         totals.append({"algorithm": alg_name, "layers": len(on), "of": len(layers), "ms": ms,
                        "vs_direct": ms / direct_on if on and direct_on else None,
-                       "all_layers_ms": ms + direct_all - direct_on,  # unsupported layers on direct
-                       "net_fwd_bwd_ms": median_seconds(step, dev, repeats) * 1e3})
-    base = next(t["net_fwd_bwd_ms"] for t in totals if t["algorithm"] == "direct") if "direct" in algorithms else None
+                       "all_layers_ms": ms + direct_all - direct_on})  # unsupported layers on direct
+    net_times = rounds(steps, dev, repeats)  # the whole net's step on each algorithm, a round at a time
     for t in totals:
-        t["net_vs_direct"] = t["net_fwd_bwd_ms"] / base if base else None
+        t["net_fwd_bwd_ms"] = statistics.median(net_times[t["algorithm"]]) * 1e3
+        t["net_vs_direct"] = ratio(net_times, t["algorithm"], "direct") if "direct" in net_times else None
     return {"input": list(input_shape), "layers": layers, "totals": totals}

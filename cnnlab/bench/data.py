@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cnnlab.bench.timing import median_seconds
+from cnnlab.bench.timing import median_seconds, once
 from cnnlab.data.images import workers
 from cnnlab.data.module import TensorImages
 from cnnlab.errors import UserError
@@ -113,22 +112,27 @@ def tensor_loader(images: Tensor, labels: Tensor, order: Tensor, batch_size: int
 
 def one_pass(loader: DataLoader) -> tuple[float, Tensor]:
     """Seconds to draw every batch, and the first batch (to check that every method read the same images)."""
-    first = None
-    t0 = time.perf_counter()
-    for x, _ in loader:
-        first = x if first is None else first
-    return time.perf_counter() - t0, first
+    first: list[Tensor] = []
+
+    def draw() -> None:
+        for x, _ in loader:
+            if not first:
+                first.append(x)
+
+    return once(draw), first[0]
 
 
 def memcpy_pass(src: Tensor, batch_size: int) -> float:
     """Seconds to copy the same bytes, batch by batch, into a preallocated buffer: the floor."""
     flat = src.reshape(len(src), -1)
     out = torch.empty((batch_size, flat.shape[1]), dtype=flat.dtype)
-    t0 = time.perf_counter()
-    for i in range(0, len(flat), batch_size):
-        part = flat[i: i + batch_size]
-        out[: len(part)].copy_(part)
-    return time.perf_counter() - t0
+
+    def copy() -> None:
+        for i in range(0, len(flat), batch_size):
+            part = flat[i: i + batch_size]
+            out[: len(part)].copy_(part)
+
+    return once(copy)
 
 
 def h2d_bandwidth(batch_bytes: int, repeats: int) -> list[dict[str, Any]] | None:
@@ -159,12 +163,15 @@ def h2d_bandwidth(batch_bytes: int, repeats: int) -> list[dict[str, Any]] | None
 def gather_pass(images: Tensor, batches: list[Tensor]) -> tuple[float, Tensor]:
     """Seconds to gather every batch (one index_select each, the index tensors made beforehand): the
     reader alone, without a DataLoader's per-batch Python."""
-    first = None
-    t0 = time.perf_counter()
-    for idx in batches:
-        x = images.index_select(0, idx)
-        first = x if first is None else first
-    return time.perf_counter() - t0, first
+    first: list[Tensor] = []
+
+    def gather() -> None:
+        for idx in batches:
+            x = images.index_select(0, idx)
+            if not first:
+                first.append(x)
+
+    return once(gather), first[0]
 
 
 def packed(path: Path, fn: Callable[[Tensor, Tensor], tuple[float, Tensor]], passes: int = 1) -> Callable[[], tuple[float, Tensor]]:

@@ -3,12 +3,13 @@ convolution against three stacked 3x3 convolutions (the same receptive field) an
 bottleneck. Receptive field, parameters, FLOPs and non-linearities come from the built modules."""
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.bench.timing import median_seconds
+from cnnlab.bench.timing import rounds
 from cnnlab.models.stacked import BLOCKS
 
 
@@ -33,22 +34,25 @@ def conv_flops(block: nn.Sequential, h: int, w: int) -> int:
 
 def compare(channels: int = 64, size: int = 32, batch: int = 8, repeats: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Every block at C = `channels`: parameters, FLOPs, non-linearities, receptive field, and the
-    median forward + backward time on the same random batch."""
+    median forward + backward time on the same random batch (the blocks timed in turn, a round at a time)."""
     dev = torch.device(device)
     torch.manual_seed(0)
     x = torch.randn(batch, channels, size, size, device=dev)
-    rows = []
+    rows, steps = [], {}
     for name in BLOCKS:
         block = BLOCKS.get(name)(channels, channels, False).to(dev)
 
-        def step() -> None:
+        def step(block=block) -> None:
             block.zero_grad(set_to_none=True)
             block(x).sum().backward()
 
+        steps[name] = step
         rows.append({"block": name, "channels": channels,
                      "parameters": sum(p.numel() for p in block.parameters()),
                      "flops": conv_flops(block, size, size),
                      "nonlinearities": sum(isinstance(m, nn.ReLU) for m in block),
-                     "receptive_field": receptive_field(list(block)),
-                     "fwd_bwd_ms": median_seconds(step, dev, repeats) * 1e3})
+                     "receptive_field": receptive_field(list(block))})
+    times = rounds(steps, dev, repeats)  # every block once a round, side by side
+    for r in rows:
+        r["fwd_bwd_ms"] = statistics.median(times[r["block"]]) * 1e3
     return rows

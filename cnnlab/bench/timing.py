@@ -60,6 +60,21 @@ def interleaved(methods: dict[str, Callable[[], float]], repeats: int,
     return out
 
 
+def rounds(fns: dict[str, Callable[[], Any]], device: torch.device | str | None = None, repeats: int = 5,
+           warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each function in `repeats` rounds (a, b, c, a, b, c, ...), after `warmup` untimed
+    calls of each: side-by-side timings whose k-th samples were taken moments apart."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    return interleaved({name: (lambda fn=fn: once(fn, device)) for name, fn in fns.items()}, repeats)
+
+
+def ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """The median over rounds of `name`'s time over `base`'s in the same round."""
+    return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
+
 def paired(a: Callable[[], float], b: Callable[[], float], pairs: int = 5, warmup: int = 1) -> dict[str, Any]:
     """A then B, `pairs` times (after `warmup` untimed pairs); each call returns its measure (seconds,
     or a rate). The answer is the median of the per-pair ratios B / A, with their spread: two medians

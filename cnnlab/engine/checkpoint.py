@@ -50,7 +50,8 @@ def finetune_network(regime: str, taps: tuple[int, ...], backbone_identity: str,
     return {"finetune": {"regime": regime, "taps": list(taps), "head_only": head_only, "backbone": backbone_identity}}
 
 
-def rebuild_finetuned(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Classifier:
+def rebuild_finetuned(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                      misfit: str = "the checkpoint's weights do not fit its network") -> Classifier:
     """The classifier a `cnnlab finetune` checkpoint holds: TransferNet on the backbone its recipe names.
     A head trained on cached features (linear, stages) goes back onto the pretrained backbone, read
     from finetune.weights, with the backbone's normalisation; every other checkpoint holds all weights."""
@@ -62,13 +63,13 @@ def rebuild_finetuned(recipe: Recipe, hparams: dict[str, Any], state_dict: dict[
             raise UserError(f"finetune.weights: {spec.weights} is {bb.identity}, not the backbone this head was "
                             f"trained on ({net_hp['backbone']})")
         net = TransferNet(bb, k, tuple(net_hp["taps"]))
-        net.head.load_state_dict({"weight": state_dict["net.1.weight"], "bias": state_dict["net.1.bias"]})
+        load_into(net.head, {k.removeprefix("net.1."): v for k, v in state_dict.items() if k.startswith("net.1.")}, misfit)
         return Classifier(net, k, torch.tensor(bb.mean), torch.tensor(bb.std), **module_args(recipe, {"finetune": net_hp}))
     bb = build(spec.weights, False)  # the architecture; the weights are all in the checkpoint
     net = TransferNet(bb, k, tuple(net_hp["taps"]))
     module = Classifier(net, k, state_dict["mean"].flatten(), state_dict["std"].flatten(),
                         **module_args(recipe, {"finetune": net_hp}))
-    module.load_state_dict(state_dict)
+    load_into(module, state_dict, misfit)
     return module
 
 
@@ -94,13 +95,13 @@ def load(path: Path, overrides: list[str] = ()) -> Loaded:
         if "finetune" in c.hparams:  # a fine-tuned TransferNet (or a head on cached features)
             data = ImageDataModule(recipe.data, seed=recipe.seed)
             data.setup("test")
-            module = rebuild_finetuned(recipe, c.hparams, c.state_dict)
+            module = rebuild_finetuned(recipe, c.hparams, c.state_dict, misfit)
         else:  # `cnnlab train`: the recipe's model
             a = assemble(recipe)
             data, module = a.data, a.module
             load_into(module, c.state_dict, misfit)
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{misfit} ({str(e).strip().splitlines()[0]})") from None
+    except KeyError as e:  # the normalisation buffers of a full checkpoint
+        raise UserError(f"{misfit}: missing {e}") from None
     # a checkpoint trained anywhere evaluates here: the run's accelerator and precision when this
     # machine has them, else whatever device is here at 32-bit (bf16/fp16 weights are cast up)
     t = recipe.trainer

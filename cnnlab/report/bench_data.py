@@ -11,15 +11,14 @@ from cnnlab.report.plots import pyplot, save
 
 
 def bench_data_table(r: dict[str, Any]) -> None:
-    speed = {x["method"]: x["images_per_s"] for x in r["rows"]}
-    png, copy = speed["png-warm"], speed["memcpy"]
     t = Table(title=f"{r['images']:,} images of {'x'.join(map(str, r['shape']))} uint8, batches of {r['batch_size']}, "
-                    f"median of {r['repeats']}", title_justify="left")
+                    f"{r['repeats']} interleaved rounds: medians, and ratios as the median of the rounds' ratios",
+              title_justify="left")
     for col in ("method", "cache", "images/s", "MiB/s", "x PNG (warm)", "time / memcpy's"):
         t.add_column(col, justify="left" if col in ("method", "cache") else "right")
     for x in r["rows"]:
         t.add_row(x["what"], x["cache"], f"{x['images_per_s']:,.0f}", f"{x['mb_per_s']:,.0f}",
-                  f"{x['images_per_s'] / png:,.1f}", f"{copy / x['images_per_s']:,.1f}")
+                  f"{x['x_png_warm']:,.1f}", f"{x['x_memcpy_time']:,.1f}")
     console.print(t)
     tg = r["targets"]
     console.print(f"packed DataLoader / PNG DataLoader (warm): {tg['packed_over_png']:,.0f}x (target >= 10x); "

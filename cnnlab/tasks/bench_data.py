@@ -12,7 +12,7 @@ import torch
 
 from cnnlab import pack
 from cnnlab.bench import data as b
-from cnnlab.bench.timing import interleaved
+from cnnlab.bench.timing import interleaved, ratio
 from cnnlab.data import ImageDataModule
 from cnnlab.data.images import workers as cpu_workers
 from cnnlab.data.module import channel_stats
@@ -38,7 +38,7 @@ METHODS = [
 ]
 
 
-def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = None, repeats: int = 3,
+def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = None, repeats: int = 5,
         workers: int | None = None, out_dir: str = "runs", keep: bool = False,
         on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure every method `repeats` times, interleaved; medians, ratios and the targets' checks.
@@ -107,15 +107,16 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
     for key, what, where, cache in METHODS:
         med = statistics.median(times[key])
         rows.append({"method": key, "what": what, "bytes_from": where, "cache": cache,
-                     "seconds": times[key], "median_s": med, "images_per_s": n / med, "mb_per_s": nbytes / 2**20 / med})
-    speed = {r["method"]: r["images_per_s"] for r in rows}
+                     "seconds": times[key], "median_s": med, "images_per_s": n / med, "mb_per_s": nbytes / 2**20 / med,
+                     "x_png_warm": ratio(times, "png-warm", key), "x_memcpy_time": ratio(times, key, "memcpy")})
     results = {
         "run_dir": str(folder), "images": n, "shape": list(images.shape[1:]), "bytes": nbytes, "batch_size": batch,
         "repeats": repeats, "png_workers": workers, "png_folder": str(png), "png_exported_now": exported,
         "page_cache": sorted(set(drop_how)), "rows": rows, "same_images": same,
-        "targets": {"packed_over_png": speed["packed-loader-warm"] / speed["png-warm"],
-                    "memcpy_over_packed": speed["memcpy"] / speed["packed-gather-warm"],
-                    "memcpy_over_packed_hot": speed["memcpy"] / speed["packed-gather-hot"]},
+        # each a median of the rounds' own ratios: the methods of one round ran seconds apart
+        "targets": {"packed_over_png": ratio(times, "png-warm", "packed-loader-warm"),
+                    "memcpy_over_packed": ratio(times, "packed-gather-warm", "memcpy"),
+                    "memcpy_over_packed_hot": ratio(times, "packed-gather-hot", "memcpy")},
         "h2d": h2d, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "versions": versions(),
     }
