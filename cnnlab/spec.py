@@ -119,6 +119,10 @@ class TrainerSpec(Spec):
             raise ValueError(f"a number of batches must be >= {least}, got {v}")
         return v
 
+    def trainer_args(self) -> dict[str, Any]:
+        """The keys that are `pytorch_lightning.Trainer` arguments, by name (all but channels_last)."""
+        return self.model_dump(exclude={"channels_last"})
+
     def cross_checks(self) -> list[Problem]:
         if self.accelerator == "cpu" and self.precision in CUDA_ONLY_PRECISIONS:
             return [(("precision",), _cpu_precision(self.precision))]

@@ -150,6 +150,7 @@ def test_finetune_under_two_processes_writes_one_run_and_matches_one_process(str
     r, res = finetune(ft_recipe, tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}")
     assert r["device"]["processes"] == 2 and r["regime"] == "full" and r["epochs"] == 2
     assert r["peak_lr"] == ft_single["peak_lr"]  # the same discriminative learning rates, stage by stage
+    assert r["train_images_per_s"] > 0 and ft_single["train_images_per_s"] > 0  # measured in the processes that trained
     assert r["images"] == ft_single["images"] == {"train": 90, "val": 30, "test": 90}
     assert res.stdout.count("test accuracy") == 1  # one report, from global rank 0
     # the same global batches, init and schedule; BatchNorm sees 8 images a process instead of 16.

@@ -194,11 +194,13 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
             trainer.validate(module, datamodule=fit_data, verbose=False)
         best = ""
         tested = trainer.test(module, datamodule=fit_data, verbose=False)[0]
+        fitted = perf(trainer)  # nothing trained: no throughput
         (folder.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(folder.path / "checkpoints" / "last.ckpt")
     else:
         trainer.fit(module, datamodule=fit_data)
         fit_s = time.perf_counter() - t1
+        fitted = perf(trainer)  # before test, which replaces the trainer's metrics
         best = trainer.checkpoint_callback.best_model_path if has_val else ""
         tested = trainer.test(module, datamodule=fit_data, ckpt_path=best or None, verbose=False)[0]
     if not trainer.is_global_zero:
@@ -223,7 +225,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "cache_hit": cache_hit,
         "features_s": extract_s,
         "fit_s": fit_s,
-        **perf(trainer),
+        **fitted,
         "per_class_acc": per_class_acc(tested, data.test.classes),
         "device": device_info(trainer),
         "checkpoint": best or str(folder.path / "checkpoints" / "last.ckpt"),

@@ -19,23 +19,19 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
     bar = [RichProgressBar(leave=False)] if progress else []
-    common = dict(accelerator=t.accelerator, precision=t.precision, enable_progress_bar=progress,
-                  enable_model_summary=False, deterministic=t.deterministic)
+    common = dict(enable_progress_bar=progress, enable_model_summary=False)
     if run is None:
-        return pl.Trainer(devices=1, logger=False, enable_checkpointing=False, callbacks=[*callbacks, *bar], **common)
+        return pl.Trainer(accelerator=t.accelerator, precision=t.precision, deterministic=t.deterministic, devices=1,
+                          logger=False, enable_checkpointing=False, callbacks=[*callbacks, *bar], **common)
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     # last.ckpt on its own callback: Lightning's save_last only writes when a top-k checkpoint is
     # written, so after an epoch that did not improve val/acc it would be stale (and resume lose epochs)
     last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1)
     best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1)] if has_val else []
     cbs: list[pl.Callback] = [folder, *best, last, *callbacks, *bar]  # trainer.checkpoint_callback: the first
-    return pl.Trainer(
-        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, max_epochs=t.max_epochs,
-        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches if has_val else 0, log_every_n_steps=t.log_every_n_steps,
-        callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False, **common,
-    )
-
+    args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0}
+    return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,
+                      **common)
 
 def evaluator(accelerator: str = "auto", precision: str = "32-true", progress: bool = True) -> pl.Trainer:
     """A one-device Trainer that only evaluates or predicts."""
