@@ -24,6 +24,7 @@ test: setup data
 	$(PY) -m pytest
 
 bench: setup data
+	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/augment_throughput.py
 	$(PY) benchmarks/feature_cache.py

@@ -186,7 +186,7 @@ def bench_conv(
     input: Annotated[str, typer.Option("--input", help="--model's input N,C,H,W.")] = "1,3,224,224",
     stacking: Annotated[bool, typer.Option("--stacking", help="Also compare one 7x7, three 3x3 and a bottleneck at equal channels.")] = False,
     train: Annotated[bool, typer.Option("--train", help="With --stacking: train vgg-7x7, vgg-3x3x3 and vgg-bottleneck (cnnlab train).")] = False,
-    recipe: Annotated[Optional[Path], typer.Option(help="--train's recipe (default recipes/stacking.yaml).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="--train's recipe (default: the shipped stacking.yaml).")] = None,
     set_: Overrides = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per algorithm (median), after warm-up.")] = 5,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
@@ -234,7 +234,7 @@ def pack(
 @app.command("bench-data")
 @user_errors
 def bench_data(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data: section gives the training images.")] = Path("recipes/fashion_mnist.yaml"),
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data: section gives the training images (default: the shipped fashion_mnist.yaml).")] = Path("fashion_mnist.yaml"),
     set_: Overrides = None,
     export_folder: Annotated[Optional[Path], typer.Option(help="Write (or reuse) the images as PNG files here and keep them; default a folder in the run folder, removed after.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,

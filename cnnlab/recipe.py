@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from cnnlab import shipped
 from cnnlab.augment.spec import AugmentSpec
 from cnnlab.data.spec import DataSpec, placement_checks
 from cnnlab.errors import UserError
@@ -414,10 +415,10 @@ def apply_overrides(raw: dict, overrides: list[str], lines: dict[Path_, int]) ->
 def read(path: str | Path) -> tuple[dict | Any, dict[Path_, int]]:
     """A recipe file's data and key lines. Raises RecipeError for a file that is missing, unreadable,
     not UTF-8, not YAML, empty, or one no recipe could be (a key given twice, absurdly deep or large)."""
-    source, p = str(path), Path(path)
+    source, p = str(path), shipped.resolve(path)
     try:
         if not p.is_file():
-            raise RecipeError(source, [f"recipe file not found: {p}"])
+            raise RecipeError(source, [f"recipe file not found: {p}{shipped.hint(path)}"])
         data = p.read_bytes()
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         raise RecipeError(source, [f"cannot read {p}: {getattr(e, 'strerror', None) or e}"]) from None

@@ -70,6 +70,16 @@ class ScheduleSpec(Spec):
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 CUDA_ONLY_PRECISIONS = ("16-mixed", "16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn")  # the Lightning strategies cnnlab's tests run
+# pytorch_lightning's StrategyRegistry names, so that a recipe is checked without importing Lightning
+# (6 s); tests/test_recipe.py compares this set with the installed Lightning's registry
+LIGHTNING_STRATEGIES = frozenset({
+    "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+    "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+    "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true", "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1",
+    "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device", "single_tpu", "single_xla", "xla",
+    "xla_debug"})
 
 
 class TrainerSpec(Spec):
@@ -101,9 +111,7 @@ class TrainerSpec(Spec):
     def _known_strategy(cls, v: str) -> str:
         if v in STRATEGIES:
             return v
-        from pytorch_lightning.strategies import StrategyRegistry
-
-        if v in StrategyRegistry.available_strategies():
+        if v in LIGHTNING_STRATEGIES:
             raise ValueError(f"'{v}' is a Lightning strategy cnnlab does not run; choose from {', '.join(STRATEGIES)}")
         raise ValueError(f"'{v}' is not a Lightning strategy{did_you_mean(v, list(STRATEGIES))}; "
                          f"choose from {', '.join(STRATEGIES)}")

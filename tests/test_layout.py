@@ -14,7 +14,7 @@ PACKAGE = Path(os.environ.get("CNNLAB_PACKAGE", Path(__file__).resolve().parents
 # layers, lowest first: a module may import its own layer and the layers below it
 LAYERS = ["base", "feature", "recipe", "report", "engine", "bench", "tasks", "cli"]
 UNITS = {
-    "": "base", "errors": "base", "registry": "base", "spec": "base", "io": "base", "env": "base",
+    "": "base", "errors": "base", "registry": "base", "spec": "base", "io": "base", "env": "base", "shipped": "base",
     "recipe": "recipe", "report": "report", "engine": "engine", "bench": "bench", "tasks": "tasks",
     "cli": "cli", "__main__": "cli",
 }

@@ -276,3 +276,13 @@ def test_a_checkpoint_trained_on_cuda_is_a_backbone_on_any_machine(no_gpu, tmp_p
     bb = BACKBONES.get("cnnlab")(str(tmp_path / "gpu.ckpt"))
     assert bb.mean == pytest.approx([0.3]) and bb.std == pytest.approx([0.2])
     assert all(torch.equal(a, b) for a, b in zip(bb.stages.state_dict().values(), net.stages.state_dict().values()))
+
+
+def test_the_lightning_strategy_names_match_the_installed_lightning():
+    """Recipes are checked against a copy of Lightning's strategy names (importing Lightning costs
+    seconds); the copy is the installed Lightning's registry."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    from cnnlab.spec import LIGHTNING_STRATEGIES
+
+    assert LIGHTNING_STRATEGIES == set(StrategyRegistry.available_strategies())

@@ -25,12 +25,25 @@ from cnnlab.env import device_info
 from cnnlab.errors import UserError
 from cnnlab.io import best_metric, epochs_logged
 from cnnlab.recipe import Recipe
-from cnnlab.transfer import BACKBONES, REGIMES, Backbone, FreezeSchedule, Plan, TransferNet, choose_regime
+from cnnlab.transfer import BACKBONES, REGIMES, Backbone, Plan, TransferNet, choose_regime
 from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
 from cnnlab.transfer.probe import Probe, fit_cv
 from cnnlab.transfer.regimes import stage_taps, zero_head
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
 from cnnlab.transfer.spec import FinetuneSpec
+
+
+class FreezeSchedule(pl.Callback):
+    """Holds `plan.warm` frozen for the first `freeze_epochs` epochs (head warm-up), then trains them.
+    The optimizer already holds their parameters (they were trainable when it was built); frozen,
+    they get no gradient, so SGD/AdamW skip them: no update, no weight decay, no momentum."""
+
+    def __init__(self, plan: Plan, freeze_epochs: int):
+        self.plan, self.freeze_epochs = plan, freeze_epochs
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        warm = self.plan.warm if trainer.current_epoch < self.freeze_epochs else frozenset()
+        module.net.set_frozen(self.plan.frozen | warm)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from cnnlab.io import new_run_dir, write_json
 from cnnlab.models import MODELS, build_model
 from cnnlab.models.stacked import BLOCKS
 from cnnlab.recipe import Recipe, load as load_recipe
+from cnnlab.shipped import recipe as shipped_recipe
 
-STACKING_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "stacking.yaml"
 
 
 def parse_ints(text: str, n: int, flag: str, meaning: str, example: str) -> tuple[int, ...]:
@@ -62,7 +62,7 @@ def model_net(name: str, shape: tuple[int, int, int, int]) -> torch.nn.Module:
 def stacking_recipes(recipe: Path | None, overrides: list[str]) -> list[tuple[str, Recipe]]:
     """One `cnnlab train` recipe per block type: `recipe` (default recipes/stacking.yaml) with
     model.name set to vgg-<block>; all validated before anything runs."""
-    path = recipe or STACKING_RECIPE
+    path = recipe or shipped_recipe("stacking.yaml")
     out = []
     for block in BLOCKS:
         r = load_recipe(path, [*overrides, f"model.name=vgg-{block}"], preflight=True)

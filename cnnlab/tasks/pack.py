@@ -7,7 +7,7 @@ from pathlib import Path
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
-from cnnlab import pack
+from cnnlab import pack, shipped
 from cnnlab.data import SOURCES
 from cnnlab.data.module import channel_stats, unreadable
 from cnnlab.data.sources import resize
@@ -24,8 +24,8 @@ def data_spec(src: str, flags: dict[str, Any], overrides: list[str]) -> DataSpec
     """SRC is a source name (with --root, --image-size, ... as data: keys) or a recipe file (its data:
     section, with --set overrides); either way it is validated as a recipe's data section."""
     if src.endswith((".yaml", ".yml")):
-        if not Path(src).is_file():
-            raise UserError(f"SRC: no recipe file {src}")
+        if not shipped.resolve(src).is_file():
+            raise UserError(f"SRC: no recipe file {src} (shipped recipes: {', '.join(shipped.names())})")
         given = [k for k, v in flags.items() if v is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')}: give data keys of a recipe with --set data.{given[0]}=..., "

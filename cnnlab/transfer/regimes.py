@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -163,16 +162,3 @@ class TransferNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pooled(x))
-
-
-class FreezeSchedule(pl.Callback):
-    """Holds `plan.warm` frozen for the first `freeze_epochs` epochs (head warm-up), then trains them.
-    The optimizer already holds their parameters (they were trainable when it was built); frozen,
-    they get no gradient, so SGD/AdamW skip them: no update, no weight decay, no momentum."""
-
-    def __init__(self, plan: Plan, freeze_epochs: int):
-        self.plan, self.freeze_epochs = plan, freeze_epochs
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        warm = self.plan.warm if trainer.current_epoch < self.freeze_epochs else frozenset()
-        module.net.set_frozen(self.plan.frozen | warm)
