@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test bench fast source transfer stacking precision packed clean
+.PHONY: setup data demo test test-fast docs bench fast source transfer stacking precision packed clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,14 @@ demo: setup data
 
 test: setup data
 	$(PY) -m pytest
+
+# the edit loop: everything but the tests marked slow (over ~10 s each)
+test-fast: setup data
+	$(PY) -m pytest -m "not slow"
+
+# the manual (docs/) as a site in build/site, links checked
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
 
 bench: setup data
 	$(PY) benchmarks/startup.py

@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -265,6 +266,7 @@ def test_bench_conv_model_times_every_layer_and_the_net(cli):
     assert "net fwd+bwd" in res.output and (run / "bench_conv.png").is_file()
 
 
+@pytest.mark.slow
 def test_bench_conv_stacking_train_runs_cnnlab_train_per_block(cli):
     import json
 
@@ -279,7 +281,8 @@ def test_bench_conv_stacking_train_runs_cnnlab_train_per_block(cli):
     for name, x in rows.items():
         sub = json.loads((Path(x["run_dir"]) / "results.json").read_text())
         assert Path(x["run_dir"]).parent == run and sub["test_acc"] == x["test_acc"]
-        assert json.loads(json.dumps(sub))["images"]["test"] == 30 and x["epochs"] == 1
+        assert sub["images"]["test"] == 30 and sub["epochs"] == x["epochs"] == 1
+        assert yaml.safe_load((Path(x["run_dir"]) / "recipe.yaml").read_text())["model"]["name"] == name
     assert rows["vgg-bottleneck"]["parameters"] < rows["vgg-3x3x3"]["parameters"]
 
 

@@ -33,6 +33,7 @@ def single(tmp_path_factory):
 
 
 # ddp without a validation split: the test runs on the weights in memory, not on a checkpoint file
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,extra", [("ddp", ["data.val_split=0"]), ("ddp_spawn", [])])
 def test_two_processes_write_one_run_and_match_one_process(strategy, extra, single, tmp_path):
     r = train(tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}", "eval.tta=[hflip]", *extra)
@@ -82,6 +83,7 @@ def test_step_seeds_include_the_rank():
     assert step_seed(5, 0, 7) == 5 * 1_000_003 + 7  # rank 0 draws as a single process always did
 
 
+@pytest.mark.slow
 def test_two_nodes_started_by_torchrun_write_one_run(tmp_path):
     """Two 'nodes' of one process each on this machine, started the way a cluster starts them: the
     second node's process has LOCAL_RANK 0 too, and must still leave the folder to global rank 0."""
@@ -145,6 +147,7 @@ def ft_single(ft_recipe, tmp_path_factory):
     return task.run(rc.load(ft_recipe, [f"output.dir={tmp_path_factory.mktemp('ft-single')}"]), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_finetune_under_two_processes_writes_one_run_and_matches_one_process(strategy, ft_recipe, ft_single, tmp_path):
     r, res = finetune(ft_recipe, tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}")
@@ -162,6 +165,7 @@ def test_finetune_under_two_processes_writes_one_run_and_matches_one_process(str
     assert e["test_acc"] == pytest.approx(r["test_acc"], abs=1e-6) and e["images"] == 90
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over,why", [(["finetune.regime=auto"], "auto runs in one process"),
                                       (["finetune.regime=linear"], "linear trains a head on stored frozen features")])
 def test_finetune_regimes_solved_in_one_process_refuse_several(over, why, ft_recipe, cli):

@@ -415,6 +415,7 @@ finetune:
 {extra}"""))
 
 
+@pytest.mark.slow
 def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
     path = finetune_yaml(tmp_path, source_run)
     # the head trained to convergence (on cached features: cheap), tested on 90 images
@@ -453,6 +454,7 @@ def test_finetune_cli_end_to_end(cli, tmp_path, source_run):
         assert json.loads((sub / "eval.json").read_text())["test_acc"] == pytest.approx(row["test_acc"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime,extra", [("linear", []), ("stages", ["--set", "finetune.stages=[-1, 0]"]), ("top", []),
                                           ("full", []), ("lp-ft", []), ("scratch", []),
                                           ("linear", ["--set", "finetune.probe=sgd"])])

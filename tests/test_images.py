@@ -131,6 +131,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_source_resolution(tmp_path, photos):
     """The same 6 photos at 640 x 427 and at 4032 x 3024 (12 MP: 36 MB each decoded whole), decoded to
     32 px in a fresh process each: the peaks differ by far less than one full-size image."""

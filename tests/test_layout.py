@@ -127,11 +127,15 @@ def test_the_package_keeps_the_layout():
     assert violations(PACKAGE) == []
 
 
-def test_every_module_is_seen():
-    names = {module_name(p, PACKAGE) for p in PACKAGE.rglob("*.py")}
-    assert {"cnnlab", "cnnlab.recipe", "cnnlab.spec", "cnnlab.data.spec", "cnnlab.models.spec", "cnnlab.engine.run",
-            "cnnlab.augment.spec", "cnnlab.transfer.spec", "cnnlab.tasks.train", "cnnlab.cli"} <= names
-    assert edges(PACKAGE), "no import read: the reader is broken"
+def test_the_reader_sees_every_kind_of_import_in_the_real_package():
+    found = {(m, t) for m, t, _ in edges(PACKAGE)}
+    assert ("cnnlab.engine.run", "cnnlab.engine.trainer") in found  # from cnnlab.engine.trainer import ...
+    assert ("cnnlab.cli", "cnnlab.tasks.train") in found  # function-local: from cnnlab.tasks import train as task
+    assert ("cnnlab.engine.run", "cnnlab.engine.tta") in found  # from cnnlab.engine import tta (a module)
+    assert ("cnnlab.engine.run", "cnnlab.report.train") in found  # function-local, inside an if
+    assert ("cnnlab.models", "cnnlab.models.small") in found  # from cnnlab.models import small, ... (registration)
+    modules = {module_name(p, PACKAGE) for p in PACKAGE.rglob("*.py")}
+    assert {m for m, _ in found} <= modules and len(modules) > 80
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -183,6 +183,7 @@ def test_an_interrupted_pack_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_training_from_a_pack_is_bit_identical_to_training_from_the_idx_files(cli, tmp_path):
     out = tmp_path / "fm.cnnpack"
     assert cli("pack", "fashion-mnist", str(out)).exit_code == 0
@@ -264,16 +265,15 @@ def test_placement_device_falls_back_to_host_when_the_data_does_not_fit_and_says
     assert place("host", torch.device("cuda", 0), nbytes=gib, free=None)["used"] == "host"
 
 
-def test_placement_device_trains_exactly_as_host(cli):
-    common = [str(RECIPES / "smoke.yaml"), "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=2"]
-    for where in ("host", "device"):
-        res = cli("train", *common, "--set", f"data.placement={where}", "--set", f"output.name={where}")
-        assert res.exit_code == 0, res.output
-    runs = {d.name.split("-")[0]: d for d in cli.runs.iterdir()}
-    w = {k: torch.load(runs[k] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for k in runs}
-    assert all(torch.equal(w["host"][k], w["device"][k]) for k in w["host"])
-    placed = json.loads((runs["device"] / "results.json").read_text())["placement"]
+def test_placement_device_is_recorded_in_the_run(cli):
+    # on a CPU the device is the host (the same tensors: the test above); the run says what it used
+    res = cli("train", str(RECIPES / "smoke.yaml"), "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=1",
+              "--set", "data.placement=device", "--set", "output.plots=false")
+    assert res.exit_code == 0, res.output
+    [run] = list(cli.runs.iterdir())
+    placed = json.loads((run / "results.json").read_text())["placement"]
     assert placed["asked"] == "device" and placed["used"] == "device" and placed["device"] == "cpu"
+    assert placed["bytes"] > 0 and placed["why"] is None
 
 
 @pytest.mark.parametrize("overrides, key, message", [
@@ -292,6 +292,7 @@ def test_placement_and_packed_recipe_problems(cli, overrides, key, message):
 # --------------------------------------------------------------------------- bench-data
 
 
+@pytest.mark.slow
 def test_bench_data_end_to_end_on_a_tiny_subset(cli, tmp_path):
     png = tmp_path / "png"
     args = ["bench-data", str(RECIPES / "smoke.yaml"), "--limit", "64", "--repeats", "1", "--workers", "0",

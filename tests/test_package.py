@@ -34,6 +34,7 @@ def installed(tmp_path_factory):
     return wheel, site
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_recipe(installed):
     wheel, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
@@ -47,6 +48,7 @@ def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProc
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_an_installed_cnnlab_finds_the_shipped_recipes_from_any_folder(installed, tmp_path):
     _, site = installed
     where = subprocess.run([sys.executable, "-c", "import cnnlab.shipped as s; print(s.__file__); print(s.folder())"],

@@ -134,6 +134,7 @@ def test_non_utf8_text_is_named_as_such():
     c.done()
 
 
+@pytest.mark.slow
 def test_random_yaml_structures_and_overrides():
     c = Counted("YAML structures")
 

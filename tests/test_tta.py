@@ -128,7 +128,8 @@ def test_scores_and_the_paired_test_on_known_numbers():
     s = scores(logp, torch.tensor([0, 0, 1]))
     assert s["acc"] == pytest.approx(2 / 3)
     assert s["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.4) + math.log(0.8)) / 3)
-    assert 0 <= s["ece"] <= 1
+    # one image a confidence bin: ECE = mean |correct - confidence| = (0.1 + 0.6 + 0.2) / 3
+    assert s["ece"] == pytest.approx(0.3, abs=1e-6)
     assert mcnemar_p(0, 10) == pytest.approx(2 / 2 ** 10) and mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
     base = torch.tensor([True] * 90 + [False] * 10)
     now = torch.tensor([True] * 88 + [False] * 2 + [True] * 10)  # lost 2, gained 10
@@ -156,6 +157,7 @@ def tta_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_train_with_eval_tta_adds_the_table_to_results(tta_run):
     r = json.loads((tta_run / "results.json").read_text())
     rows = {p["policy"]: p for p in r["tta"]["policies"]}
@@ -165,6 +167,7 @@ def test_train_with_eval_tta_adds_the_table_to_results(tta_run):
     assert (tta_run / "tta.json").is_file() and (tta_run / "tta.png").is_file()
 
 
+@pytest.mark.slow
 def test_eval_tta_identity_equals_plain_eval_and_writes_tta_json(cli, tta_run):
     assert cli("eval", str(tta_run)).exit_code == 0
     e = json.loads((tta_run / "eval.json").read_text())
@@ -186,6 +189,7 @@ def test_eval_tta_identity_equals_plain_eval_and_writes_tta_json(cli, tta_run):
     assert (cli.runs / "tta" / "tta.png").is_file() and "ten-crop+scales" in res.output
 
 
+@pytest.mark.slow
 def test_chunking_bounds_each_forward_without_changing_the_results(cli, tta_run):
     def tta(*extra):
         out = cli.runs / f"chunk{len(extra)}"

@@ -76,24 +76,31 @@ def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True)
         raise UserError("augment.ops: the recipe has no augmentation ops to ablate")
     base = recipe.dump()
     seed_list = [recipe.seed + k for k in range(seeds)]
-    rows = []
+    runs: dict[str, list[dict[str, Any]]] = {}
     for name, ops in ablation_variants(base["augment"]["ops"]):
-        runs = []
         for seed in seed_list:
             raw = copy.deepcopy(base)
             raw["augment"]["ops"], raw["seed"] = ops, seed
             raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
-            runs.append(train(validate(raw, f"ablation variant {name}"), progress=progress))
-        accs = [r["test_acc"] for r in runs]
+            runs.setdefault(name, []).append(train(validate(raw, f"ablation variant {name}"), progress=progress))
+    return {"variants": summarise_ablation(runs), "epochs": recipe.trainer.max_epochs,
+            "images_per_class": recipe.data.subset, "seeds": seed_list}
+
+
+def summarise_ablation(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant (the first is 'none'), from its runs' results in seed order: test accuracy
+    as the mean over seeds with its sample sd, the mean wall time, and the gain over 'none' paired by
+    seed (the same seed shares initial weights and batch order)."""
+    rows = []
+    for name, rs in runs.items():
+        accs = [r["test_acc"] for r in rs]
         rows.append({"variant": name, "test_acc": statistics.mean(accs),
                      "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_accs": accs,
-                     "wall_time_s": statistics.mean(r["wall_time_s"] for r in runs),
-                     "run_dirs": [r["run_dir"] for r in runs]})
+                     "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs), "run_dirs": [r["run_dir"] for r in rs]})
     none = rows[0]["test_accs"]
     for row in rows:
         row["gain_vs_none"] = statistics.mean(a - b for a, b in zip(row["test_accs"], none))
-    return {"variants": rows, "epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset,
-            "seeds": seed_list}
+    return rows
 
 
 def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, ablate_seeds: int | None = None,
