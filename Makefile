@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test test-fast docs bench fast source transfer stacking precision packed clean
+.PHONY: setup data demo test test-fast coverage docs bench fast source transfer stacking precision packed clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: setup data
 # the edit loop: everything but the tests marked slow (over ~10 s each)
 test-fast: setup data
 	$(PY) -m pytest -m "not slow"
+
+# line coverage of cnnlab/ by the whole suite, in its own run (in-process code only: the CLI runs that
+# tests start as subprocesses are not counted)
+coverage: setup data
+	$(PY) -m pytest --cov=cnnlab --cov-report=term:skip-covered
 
 # the manual (docs/) as a site in build/site, links checked
 docs: setup

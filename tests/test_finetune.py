@@ -62,6 +62,13 @@ EXPECT = {  # regime -> (frozen stages of 3, taps, lr multiplier per trained sta
 }
 
 
+def test_the_regime_and_backbone_walks_cover_every_registered_one():
+    assert sorted(EXPECT) == sorted(REGIMES.names())  # each regime: test_each_regime_freezes_exactly_what_it_says
+    # each backbone family: cnnlab (its own tests below), efficientnet-lite0 (the real ImageNet weights),
+    # torchvision:<name> (every admitted family: test_every_admitted_torchvision_family_has_a_representative_here)
+    assert sorted(BACKBONES.names()) == ["cnnlab", "efficientnet-lite0", "torchvision:<name>"]
+
+
 @pytest.mark.parametrize("regime", sorted(EXPECT))
 def test_each_regime_freezes_exactly_what_it_says(regime, source_run):
     spec = FinetuneSpec(backbone="cnnlab", weights=source_run, layer_decay=0.5, backbone_lr_mult=0.1)

@@ -223,3 +223,27 @@ def test_train_refuses_eval_tta_that_does_not_fit_before_anything_is_written(cli
     res = cli("train", SMOKE, "--set", "eval.tta=[five-crop]", "--set", "eval.views.five-crop.pad=20")
     assert res.exit_code == 2 and "view 'five-crop' of policy 'five-crop': a margin of 20 px" in " ".join(res.output.split())
     assert list(cli.cwd.iterdir()) == []
+
+
+# every registered view, with its defaults: shape, dtype and order of the views, the first view of a
+# mirrored image mirrored too, and one deterministic answer for the same batch
+VIEW_COUNTS = {"identity": 1, "hflip": 2, "translate": 5, "five-crop": 5, "ten-crop": 10, "scales": 3}
+
+
+def test_the_walk_covers_every_registered_view():
+    assert sorted(VIEW_COUNTS) == sorted(VIEWS.names())
+
+
+@pytest.mark.parametrize("name", sorted(VIEW_COUNTS))
+def test_every_view_keeps_size_and_dtype_and_is_view_major_and_deterministic(name):
+    x = torch.stack([image(8, 8, 3)[:, 0]] * 3, 1)  # (3 images, 3 channels, 8, 8) uint8, distinct images
+    out = VIEWS.get(name)(x)
+    v = VIEW_COUNTS[name]
+    assert out.shape == (v * 3, 3, 8, 8) and out.dtype == torch.uint8
+    assert torch.equal(out, VIEWS.get(name)(x))  # no randomness at test time
+    per_view = out.view(v, 3, 3, 8, 8)  # view-major: rows [k*B, (k+1)*B) are view k of every image
+    for k in range(v):
+        one = VIEWS.get(name)(x[1:2]).view(v, 1, 3, 8, 8)[k, 0]
+        assert torch.equal(per_view[k, 1], one)  # image 1's view k does not depend on the other images
+    floats = VIEWS.get(name)(x.float())
+    assert floats.dtype == torch.float32 and floats.shape == out.shape
