@@ -268,3 +268,18 @@ def test_channel_stats_in_chunks_match_the_whole_tensor_computation():
     assert torch.allclose(mean.double(), ref.mean(1), atol=1e-7) and torch.allclose(std.double(), ref.std(1), atol=1e-7)
     f = torch.randn(70, 2, 4, 4, generator=g) * 3 + 1  # float data (cached features) as it is
     assert torch.allclose(channel_stats(f)[0], f.transpose(0, 1).flatten(1).mean(1), atol=1e-6)
+
+
+def test_the_data_package_imports_its_parts_lazily():
+    import subprocess
+    import sys
+
+    import cnnlab.data
+    from cnnlab.data.sources import Split
+
+    assert cnnlab.data.Split is Split and cnnlab.data.SOURCES is SOURCES
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        cnnlab.data.Nope  # noqa: B018
+    # checking a recipe's data: section loads no Lightning (what keeps --print-recipe near `import torch`)
+    code = "import sys, cnnlab.data.spec, cnnlab.recipe; print('pytorch_lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -29,7 +29,11 @@ def train(out, *over: str) -> dict:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("single"))
+    """The same run in one process, in this one (no launcher to start)."""
+    from cnnlab import recipe as rc
+    from cnnlab.tasks import train as task
+
+    return task.run(rc.load(SMOKE, [*OVER, f"output.dir={tmp_path_factory.mktemp('single')}"]), progress=False)
 
 
 # ddp without a validation split: the test runs on the weights in memory, not on a checkpoint file
@@ -46,9 +50,9 @@ def test_two_processes_write_one_run_and_match_one_process(strategy, extra, sing
     # 2 processes, ddp and ddp_spawn alike: 67.3%); 10 points is 4 sd
     assert abs(r["test_acc"] - single["test_acc"]) <= 0.10, (r["test_acc"], single["test_acc"])
     # every test image counted exactly once: a single process re-evaluating the same checkpoint agrees
-    res = cnnlab("eval", r["run_dir"])
-    assert res.returncode == 0, res.stdout + res.stderr
-    e = json.loads((tmp_path / r["run_dir"] / "eval.json").read_text())
+    from cnnlab.tasks import evaluate
+
+    e = evaluate.run(r["run_dir"], progress=False)
     assert e["test_acc"] == pytest.approx(r["test_acc"], abs=1e-6) and e["images"] == 279
     # ... with the same BatchNorm statistics in every process (rank 0's: DDP's first forward after
     # training copies them to the other ranks)
