@@ -185,3 +185,22 @@ def test_yaml_syntax_error_through_cli(cli, tmp_path):
     res = cli("train", str(bad))
     assert res.exit_code == 2
     assert "line 4: not valid YAML" in " ".join(res.output.split())
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_without_torchs_advice(cli, tmp_path):
+    import pickle
+
+    import torch
+
+    class Evil:  # what a tampered checkpoint would carry: an object, not tensors
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps(Evil()))
+    torch.save({"a": 1}, tmp_path / "other.ckpt")
+    for name, why in (("evil.ckpt", "not a torch file of plain tensors"), ("other.ckpt", "KeyError: 'hyper_parameters'")):
+        res = cli("eval", str(tmp_path / name))
+        assert res.exit_code == 2 and "code ran" not in res.output
+        [line] = res.output.strip().splitlines()
+        assert line == f"error: {tmp_path / name} is not a cnnlab checkpoint ({why})"
+        assert "weights_only" not in line

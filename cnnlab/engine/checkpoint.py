@@ -13,30 +13,9 @@ from cnnlab.data import ImageDataModule
 from cnnlab.engine.assemble import assemble, module_args
 from cnnlab.engine.module import Classifier
 from cnnlab.errors import UserError
-from cnnlab.io import find_checkpoint
-from cnnlab.models.weights import load_into
+from cnnlab.models.weights import load_into, read_checkpoint
 from cnnlab.recipe import Recipe, load as load_recipe
 from cnnlab.transfer import BACKBONES, TransferNet
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    hparams: dict[str, Any]  # the recipe (as plain data), num_classes, finetune's network keys
-    state_dict: dict[str, torch.Tensor]
-
-
-def read(path: str | Path, key: str | None = None) -> Checkpoint:
-    """A run folder's best (else last) checkpoint, or a .ckpt file, loaded safely (tensors only)."""
-    ckpt_path = find_checkpoint(path, key)
-    at = f"{key}: " if key else ""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        hparams, state_dict = ckpt["hyper_parameters"], ckpt["state_dict"]
-        hparams["recipe"], hparams["num_classes"]
-    except Exception as e:
-        raise UserError(f"{at}{ckpt_path}: not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
-    return Checkpoint(ckpt_path, hparams, state_dict)
 
 
 def epochs_done(ckpt_path: Path) -> int:
@@ -88,7 +67,7 @@ class Loaded:
 def load(path: Path, overrides: list[str] = ()) -> Loaded:
     """The checkpoint a run folder (or a .ckpt path) holds, rebuilt from its embedded recipe, with
     `overrides` (--set KEY=VALUE) applied to that recipe."""
-    c = read(path)
+    c = read_checkpoint(path)
     recipe = load_recipe(None, list(overrides), base=c.hparams["recipe"], source=f"{c.path} (embedded recipe)")
     misfit = f"{c.path}: its weights do not fit the network its recipe describes"
     try:

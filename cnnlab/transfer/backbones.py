@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import UserError
 from cnnlab.models.spec import ModelSpec
-from cnnlab.io import find_checkpoint
-from cnnlab.models.weights import load_into, load_state_dict_file
+from cnnlab.models.weights import load_into, load_state_dict_file, read_checkpoint
 from cnnlab.registry import Registry, did_you_mean
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -143,11 +142,6 @@ def _first(e: ValidationError) -> str:
     return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
 
 
-def checkpoint_path(weights: str | Path) -> Path:
-    """A run folder (its checkpoints/best.ckpt, else last.ckpt) or a .ckpt file."""
-    return find_checkpoint(weights, "finetune.weights")
-
-
 @BACKBONES.register("cnnlab")
 def cnnlab_checkpoint(weights: str | None = None, pretrained: bool = True) -> Backbone:
     """The stages of a net trained by `cnnlab train` (vgg-small, resnet-small): `weights` is its run
@@ -156,12 +150,8 @@ def cnnlab_checkpoint(weights: str | None = None, pretrained: bool = True) -> Ba
 
     if weights is None:
         raise UserError("finetune.weights: backbone cnnlab needs a run folder or checkpoint of `cnnlab train`")
-    path = checkpoint_path(weights)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        raw, num_classes, sd = ckpt["hyper_parameters"]["recipe"], ckpt["hyper_parameters"]["num_classes"], ckpt["state_dict"]
-    except Exception as e:
-        raise UserError(f"finetune.weights: {path} is not a cnnlab checkpoint ({type(e).__name__}: {e})") from None
+    c = read_checkpoint(weights, "finetune.weights")
+    path, raw, num_classes, sd = c.path, c.hparams["recipe"], c.hparams["num_classes"], c.state_dict
     try:
         recipe = NetSections.model_validate(raw)
     except ValidationError as e:
