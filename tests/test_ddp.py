@@ -54,9 +54,13 @@ def test_two_processes_write_one_run_and_match_one_process(strategy, extra, sing
 
     e = evaluate.run(r["run_dir"], progress=False)
     assert e["test_acc"] == pytest.approx(r["test_acc"], abs=1e-6) and e["images"] == 279
-    # ... with the same BatchNorm statistics in every process (rank 0's: DDP's first forward after
-    # training copies them to the other ranks)
+    # ... with the same weights and BatchNorm statistics in every process (ddp's test shards the split
+    # over its processes; after ddp_spawn the launching process tests on its own), and its row in metrics.csv
     assert e["test_loss"] == pytest.approx(r["test_loss"], rel=1e-5)
+    from cnnlab.io import read_metrics
+
+    [row] = [m for m in read_metrics(tmp_path / r["run_dir"] / "metrics.csv") if "test/acc" in m]
+    assert row["test/acc"] == r["test_acc"] and row["epoch"] == 4
     # eval.tta ran once, on global rank 0, with the tested weights (ddp_spawn's too): its single view is the test
     single_view, flip = r["tta"]["policies"]
     assert single_view["acc"] == pytest.approx(r["test_acc"], abs=1e-6) and flip["policy"] == "hflip"

@@ -19,7 +19,7 @@ from cnnlab.engine.assemble import augmentation, module_args, per_class_acc
 from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import finetune_network
 from cnnlab.engine.module import Classifier
-from cnnlab.engine.run import open_folder
+from cnnlab.engine.run import open_folder, test_fitted
 from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info
 from cnnlab.errors import UserError
@@ -215,7 +215,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         fit_s = time.perf_counter() - t1
         fitted = perf(trainer)  # before test, which replaces the trainer's metrics
         best = trainer.checkpoint_callback.best_model_path if has_val else ""
-        tested = trainer.test(module, datamodule=fit_data, ckpt_path=best or None, verbose=False)[0]
+        tested = test_fitted(trainer, recipe, module, fit_data, folder, best, progress)
     if not trainer.is_global_zero:
         return None
     return {

@@ -14,9 +14,9 @@ import torch
 from cnnlab.data.module import describe, per_process_batch
 from cnnlab.engine import tta
 from cnnlab.engine.assemble import Assembled, assemble, per_class_acc
-from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
+from cnnlab.engine.callbacks import MetricsCSV, RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import epochs_done
-from cnnlab.engine.trainer import build_trainer
+from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info, versions
 from cnnlab.io import best_metric, epochs_logged, last_checkpoint, new_run_dir, write_json, write_recipe
 from cnnlab.precision import weight_memory
@@ -32,6 +32,29 @@ def open_folder(trainer: pl.Trainer, folder: RunFolder, recipe: Recipe, name: st
     folder.path = new_run_dir(recipe.output.dir, recipe.output.name or name)
     write_recipe(folder.path, recipe.dump())
     return True
+
+
+def test_fitted(trainer: pl.Trainer, recipe: Recipe, module: pl.LightningModule, data: pl.LightningDataModule,
+                folder: RunFolder, best: str, progress: bool) -> dict[str, float]:
+    """The test split's numbers after `fit`, with the weights of `best` (else those in memory).
+    In the processes that trained (one, or ddp's), Lightning's test loop shards the split over them.
+    After ddp_spawn this is the launching process, which holds the data and the checkpoint: it tests
+    here on one device (the workers would all start again just to test), and metrics.csv gets the
+    test row the workers would have logged. Either way every test image is counted once."""
+    if recipe.trainer.strategy != "ddp_spawn" or trainer.world_size == 1:
+        return trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+    ckpt = Path(best) if best else folder.path / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if best:
+        module.load_state_dict(state["state_dict"])
+    tested = evaluator(recipe.trainer.accelerator, recipe.trainer.precision, progress).test(
+        module, datamodule=data, verbose=False)[0]
+    data.trainer = None  # no longer the evaluator's: loaders of the whole split again
+    if launch_rank(trainer) == 0:
+        csv = MetricsCSV()
+        csv.start(folder.path / "metrics.csv")
+        csv.log_metrics({**tested, "epoch": epochs_done(ckpt)}, step=state["global_step"])
+    return tested
 
 
 def _tta(recipe: Recipe, a: Assembled, ckpt: Path, run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -71,7 +94,7 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
     wall = time.perf_counter() - t0
     fitted = perf(trainer)
     best = trainer.checkpoint_callback.best_model_path if has_val else ""
-    tested = trainer.test(a.module, datamodule=a.data, ckpt_path=best or None, verbose=False)[0]
+    tested = test_fitted(trainer, recipe, a.module, a.data, folder, best, progress)
     if not trainer.is_global_zero:
         return None
     run_dir = folder.path
