@@ -43,3 +43,27 @@ def cli(tmp_path, monkeypatch):
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class SmokeRun:
+    """A finished run folder and what the CLI printed while training it."""
+
+    def __init__(self, path: Path, output: str):
+        self.path, self.output = path, output
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """The suite's one run of recipes/smoke.yaml through the CLI (8 epochs, ~2 s), with flip + shift
+    augmentation and `eval.tta: [hflip]`: every test that needs a trained run folder to read,
+    evaluate or fine-tune from shares it (they may add eval outputs to it, never change what it holds)."""
+    from cnnlab.cli import app
+
+    out = tmp_path_factory.mktemp("smoke")
+    res = CliRunner().invoke(app, ["train", str(RECIPES / "smoke.yaml"), "--set", f"output.dir={out}",
+                                   "--set", "eval.tta=[hflip]",
+                                   "--set", "augment.ops=[{name: hflip}, {name: shift, max_px: 2}]"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    [run] = list(out.iterdir())
+    return SmokeRun(run, res.output)

@@ -23,10 +23,8 @@ def test_help_lists_the_commands(cli):
     assert listed == {"train", "eval", "augment", "finetune", "eval-tta", "bench-conv", "pack", "bench-data"}
 
 
-def test_train_smoke_end_to_end_then_eval(cli):
-    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}")
-    assert res.exit_code == 0, res.output
-    run = only_run(cli.runs)
+def test_train_smoke_end_to_end_then_eval(cli, smoke_run):
+    run = smoke_run.path  # `cnnlab train recipes/smoke.yaml`, with augmentation and eval.tta
     assert run.name.startswith("smoke-")
     for f in ("recipe.yaml", "metrics.csv", "results.json", "curves.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run / f).is_file(), f
@@ -36,7 +34,7 @@ def test_train_smoke_end_to_end_then_eval(cli):
     assert set(r["per_class_acc"]) == {"t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
                                        "shirt", "sneaker", "bag", "ankle boot"}
     assert r["train_images_per_s"] > 0 and r["versions"]["torch"] == torch.__version__
-    assert "test accuracy" in res.output
+    assert "test accuracy" in smoke_run.output
     saved = rc.load(run / "recipe.yaml")
     assert saved.dump()["model"] == {"name": "vgg-small", "conv_impl": "direct", "widths": [16, 32, 32], "depth": 1}
 

@@ -27,6 +27,27 @@ def train(out, *over: str) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
+def train_on_two_nodes(out, *over: str) -> dict:
+    """Two 'nodes' of one process each on this machine, started the way a cluster starts them
+    (torchrun): the second node's process has LOCAL_RANK 0 too, and must still leave the run folder
+    and the console to global rank 0."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for o in [*OVER, f"output.dir={out}", "trainer.num_nodes=2", *over] for a in ("--set", o)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(n), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "cnnlab", "train", SMOKE, *sets], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    assert "test accuracy" in outs[0] and "test accuracy" not in outs[1]
+    [run] = list(out.iterdir())
+    return json.loads((run / "results.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The same run in one process, in this one (no launcher to start)."""
@@ -36,11 +57,17 @@ def single(tmp_path_factory):
     return task.run(rc.load(SMOKE, [*OVER, f"output.dir={tmp_path_factory.mktemp('single')}"]), progress=False)
 
 
-# ddp without a validation split: the test runs on the weights in memory, not on a checkpoint file
+# ddp on two nodes started by torchrun (Lightning's own ddp launcher: the finetune tests below),
+# without a validation split: the test runs on the weights in memory, not on a checkpoint file;
+# ddp_spawn, with Lightning's launcher, tests the best checkpoint
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,extra", [("ddp", ["data.val_split=0"]), ("ddp_spawn", [])])
-def test_two_processes_write_one_run_and_match_one_process(strategy, extra, single, tmp_path):
-    r = train(tmp_path, "trainer.devices=2", f"trainer.strategy={strategy}", "eval.tta=[hflip]", *extra)
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_processes_write_one_run_and_match_one_process(strategy, single, tmp_path):
+    if strategy == "ddp":
+        r = train_on_two_nodes(tmp_path, "trainer.devices=1", "trainer.strategy=ddp", "eval.tta=[hflip]",
+                               "data.val_split=0")
+    else:
+        r = train(tmp_path, "trainer.devices=2", "trainer.strategy=ddp_spawn", "eval.tta=[hflip]")
     assert r["device"]["processes"] == 2 and r["global_batch"] == single["global_batch"] == 32
     assert r["epochs"] == 4 and r["train_images_per_s"] > 0  # measured in the workers, reported back
     assert len(r["per_class_acc"]) == 9 and r["images"]["test"] == 279
@@ -89,28 +116,6 @@ def test_step_seeds_include_the_rank():
     seeds = {(rank, step): step_seed(5, rank, step) for rank in range(4) for step in range(1000)}
     assert len(set(seeds.values())) == len(seeds)  # no two (rank, step) pairs share a seed
     assert step_seed(5, 0, 7) == 5 * 1_000_003 + 7  # rank 0 draws as a single process always did
-
-
-@pytest.mark.slow
-def test_two_nodes_started_by_torchrun_write_one_run(tmp_path):
-    """Two 'nodes' of one process each on this machine, started the way a cluster starts them: the
-    second node's process has LOCAL_RANK 0 too, and must still leave the folder to global rank 0."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sets = [a for o in [f"output.dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy=ddp",
-                        "trainer.max_epochs=1", "output.plots=false"] for a in ("--set", o)]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               "--node-rank", str(n), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                               "-m", "cnnlab", "train", SMOKE, *sets], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for n in (0, 1)]
-    outs = [p.communicate(timeout=300)[0] for p in nodes]
-    assert [p.returncode for p in nodes] == [0, 0], outs
-    [run] = list(tmp_path.iterdir())
-    r = json.loads((run / "results.json").read_text())
-    assert r["device"]["processes"] == 2 and "test accuracy" in outs[0] and "test accuracy" not in outs[1]
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(cli):

@@ -141,20 +141,10 @@ def test_scores_and_the_paired_test_on_known_numbers():
     assert (d["lost"], d["gained"]) == (2, 1) and not d["significant"] and d["ci95"][0] < 0 < d["ci95"][1]
 
 
-@pytest.fixture(scope="module")
-def tta_run(tmp_path_factory):
-    """The smoke run, trained with `eval.tta: [hflip]` (flip and shift augmentation)."""
-    from typer.testing import CliRunner
-
-    from cnnlab.cli import app
-
-    out = tmp_path_factory.mktemp("tta")
-    res = CliRunner().invoke(app, ["train", SMOKE, "--set", f"output.dir={out}", "--set", "eval.tta=[hflip]",
-                                   "--set", "augment.ops=[{name: hflip}, {name: shift, max_px: 2}]"],
-                             catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    [run] = list(out.iterdir())
-    return run
+@pytest.fixture
+def tta_run(smoke_run):
+    """The suite's smoke run, trained with `eval.tta: [hflip]` (flip and shift augmentation)."""
+    return smoke_run.path
 
 
 @pytest.mark.slow

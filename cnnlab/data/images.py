@@ -193,9 +193,13 @@ def decode_files(files: list[Path], d: Decode) -> Decoded:
     else:
         images = out[: len(ok)].clone() if bad else out  # a clone frees the rows of unreadable files
     decoded = Decoded(images, ok, sizes, bad)
-    from pytorch_lightning.utilities import rank_zero_only  # here: the recipe check never needs Lightning
+    if path is None:
+        return decoded
+    # imported only to write a cache: Lightning takes seconds to import, which the recipe check and an
+    # uncached decode never need
+    from pytorch_lightning.utilities import rank_zero_only
 
-    if path is not None and rank_zero_only.rank == 0:  # the other processes of a parallel run decode, never write
+    if rank_zero_only.rank == 0:  # the other processes of a parallel run decode, never write
         save_tensors(path, {"images": images, "ok": ok, "sizes": [list(s) for s in sizes], "bad": [list(b) for b in bad]})
     return decoded
 

@@ -10,12 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from cnnlab import pack
-from cnnlab.bench import data as b
 from cnnlab.bench.timing import interleaved, ratio
-from cnnlab.data import ImageDataModule
 from cnnlab.data.images import workers as cpu_workers
-from cnnlab.data.module import channel_stats
 from cnnlab.env import cpu_name, versions
 from cnnlab.errors import UserError
 from cnnlab.io import new_run_dir, write_json
@@ -47,6 +43,12 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
     workers = workers if workers is not None else cpu_workers()
     if repeats < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--repeats and --limit must be at least 1, --workers at least 0")
+    # the data module and the readers load Lightning (seconds): after the flags are checked
+    from cnnlab import pack
+    from cnnlab.bench import data as b
+    from cnnlab.data import ImageDataModule
+    from cnnlab.data.module import channel_stats
+
     on_step("loading the recipe's training images")
     dm = ImageDataModule(recipe.data, seed=recipe.seed)
     dm.setup("fit")
