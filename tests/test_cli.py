@@ -134,10 +134,14 @@ def test_eval_of_a_loose_checkpoint_trained_for_cuda_runs_here_and_writes_beside
     res = cli("eval", str(loose))
     assert res.exit_code == 0, res.output
     e = json.loads((tmp_path / "elsewhere" / "moved.eval.json").read_text())  # beside the file, named after it
-    assert e["test_acc"] == pytest.approx(trained["test_acc"]) and e["images"] == 300
+    # here: the same float32 arithmetic; on a GPU at 16-mixed a test image or two may change its answer
+    tol = 1e-6 if not torch.cuda.is_available() else 2 / 300
+    assert e["test_acc"] == pytest.approx(trained["test_acc"], abs=tol) and e["images"] == 300
     assert e["trained_with"] == {"accelerator": "cuda", "precision": "16-mixed"}
     if not torch.cuda.is_available():
         assert e["precision"] == "32-true" and e["device"]["type"] == "cpu"
+    else:
+        assert e["precision"] == "16-mixed" and e["device"]["type"] == "cuda"
     res = cli("eval", str(run), "--out", str(tmp_path / "mine.json"))
     assert res.exit_code == 0 and json.loads((tmp_path / "mine.json").read_text())["test_acc"] == pytest.approx(trained["test_acc"])
     assert not (run / "eval.json").exists()

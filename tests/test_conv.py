@@ -225,6 +225,23 @@ def test_algorithms_run_at_every_precision_a_recipe_accepts(mode):
         y.float().sum().backward()
 
 
+@pytest.mark.parametrize("name", ["fft", "im2col", "winograd-2x2"])
+def test_an_algorithm_under_autocast_computes_in_float32(name):
+    """Autocast would recast every matmul inside the algorithm to bf16; the layer turns it off, so
+    its answer under autocast is its float32 answer, to the bit."""
+    from torch import nn
+
+    from cnnlab.conv.module import swap
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))
+    assert swap(net, name)[0].algorithm == name
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    plain = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = net(x)
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+
+
 def test_train_through_fft_from_the_cli_records_it_and_evaluates(cli):
     import json
 

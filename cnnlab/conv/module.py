@@ -45,16 +45,19 @@ def why_not(name: str, m: nn.Conv2d) -> str | None:
 
 
 class AlgorithmConv2d(nn.Conv2d):
-    """nn.Conv2d whose forward runs `algorithm`; half-precision inputs are computed in float32."""
+    """nn.Conv2d whose forward runs `algorithm`; half-precision inputs are computed in float32, and
+    so is everything under autocast (which would otherwise recast each matmul inside the algorithm
+    to 16 bits)."""
 
     algorithm: str = "direct"
 
     def forward(self, x: Tensor) -> Tensor:
         alg, dtype = ALGORITHMS.get(self.algorithm), x.dtype
-        w, b = self.weight, self.bias
-        if dtype in LOW:
-            x, w, b = x.float(), w.float(), None if b is None else b.float()
-        y = alg(x, w.to(x.dtype), None if b is None else b.to(x.dtype), self.stride, conv_padding(self), self.dilation)
+        with torch.autocast(x.device.type, enabled=False):
+            w, b = self.weight, self.bias
+            if dtype in LOW:
+                x, w, b = x.float(), w.float(), None if b is None else b.float()
+            y = alg(x, w.to(x.dtype), None if b is None else b.to(x.dtype), self.stride, conv_padding(self), self.dilation)
         return y.to(dtype) if dtype in LOW else y
 
 
