@@ -1,10 +1,13 @@
 """Data-parallel training on CPU (gloo): 2 processes on this 2-core machine, through the real CLI
 (Lightning's ddp launcher re-runs the command line, so these run `python -m cnnlab` in a subprocess)."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from cnnlab.data.module import EpochShuffle, Shard
 from conftest import RECIPES
@@ -116,6 +119,36 @@ def test_step_seeds_include_the_rank():
     seeds = {(rank, step): step_seed(5, rank, step) for rank in range(4) for step in range(1000)}
     assert len(set(seeds.values())) == len(seeds)  # no two (rank, step) pairs share a seed
     assert step_seed(5, 0, 7) == 5 * 1_000_003 + 7  # rank 0 draws as a single process always did
+
+
+@pytest.mark.slow
+def test_a_loss_that_is_not_finite_on_one_process_stops_every_process_at_that_step(tmp_path):
+    """Two processes started as a cluster starts them (one a node), the loss NaN on global rank 1
+    alone at step 3: both stop there with exit 3 and no hang, and the checkpoint named exists."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for o in [f"output.dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy=ddp",
+                        "trainer.max_epochs=1", "output.plots=false"] for a in ("--set", o)]
+    helper = str(Path(__file__).parent / "helpers" / "nan_on_one_rank.py")
+    procs = [subprocess.Popen([sys.executable, helper, "train", SMOKE, *sets], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+                                   "NODE_RANK": str(n), "LOCAL_RANK": "0"}) for n in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [3, 3], outs
+    said = " ".join(outs[0].split())
+    assert "training diverged at step 3" in said and "in another process" in said, outs[0]
+    [ckpt] = [Path(w) for w in re.findall(r"(\S+\.ckpt)", said)]
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["global_step"] == 3
+    assert "training diverged at step 3 (epoch 0): the loss was nan" in " ".join(outs[1].split())
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(cli):

@@ -303,3 +303,14 @@ def test_sweep_table_arithmetic():
     assert half["runs"] == 2 and half["diverged"] == [{"step": 3}] and half["vs_baseline"][0] == pytest.approx(-0.1)
     gone = summarise("g", [run(0, None, None, diverged={"step": 1})], base)
     assert "test_acc" not in gone and gone["diverged"] == [{"step": 1}]
+
+
+def test_float16_gradients_whose_norm_overflows_float16_are_still_finite():
+    from cnnlab.precision.finite import check_finite
+
+    big = torch.full((300,), 60000.0, dtype=torch.float16)  # every element finite; the norm is ~1e6 > 65504
+    assert torch.isinf(torch.linalg.vector_norm(big))  # the trap: float16's own norm
+    assert check_finite(torch.tensor(1.0), [big, torch.ones(3, dtype=torch.float16)]) is None
+    big[7] = float("inf")
+    assert check_finite(torch.tensor(1.0), [big]) == "1 of 1 gradient tensors were not finite"
+    assert check_finite(torch.tensor(float("nan")), []) == "the loss was nan"

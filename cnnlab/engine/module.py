@@ -143,8 +143,12 @@ class Classifier(pl.LightningModule):
         if self.lowp is not None:
             grads += self.lowp.grads()
         what = check_finite(self._loss, grads)
-        if what is None:
+        # decided over every process, so that all of them stop at this step together: a loss that is
+        # not finite on one rank alone (checked without its gradients under a scaler) would otherwise
+        # have that rank save and wait at a barrier while the others enter the next all-reduce
+        if not self.trainer.strategy.reduce_boolean_decision(what is not None, all=False):
             return
+        what = what or "the loss or a gradient was not finite in another process"
         folder = Path(self.trainer.checkpoint_callback.dirpath or self.trainer.default_root_dir)
         ckpt = folder / "last-finite.ckpt"
         with torch.no_grad():  # the running statistics as they were before this step's forward

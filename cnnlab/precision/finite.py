@@ -14,7 +14,10 @@ __all__ = ["Diverged", "check_finite", "diverged_message", "weight_memory"]
 def check_finite(loss: Tensor, grads: Iterable[Tensor]) -> str | None:
     """None when the loss and every gradient are finite, else what was not (one host sync)."""
     grads = list(grads)
-    total = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else loss.new_zeros(())
+    # each tensor's norm accumulated in float32: a float16 gradient's own norm overflows to inf at
+    # 65504 while every element is finite
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else loss.new_zeros(())
     ok = torch.stack([loss.detach().float().isfinite(), total.float().isfinite()]).cpu()
     if bool(ok.all()):
         return None
