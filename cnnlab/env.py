@@ -47,3 +47,13 @@ def host_peak_mib() -> float:
     """This process's peak resident memory: getrusage's ru_maxrss is in KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def device_free_bytes(device: Any) -> int:
+    """Bytes a new tensor can take on a CUDA device: what the driver reports free plus what this
+    process's caching allocator holds reserved but unused (freed by an earlier run in the same
+    process, and not given back to the driver)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

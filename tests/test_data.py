@@ -283,3 +283,34 @@ def test_the_data_package_imports_its_parts_lazily():
     # checking a recipe's data: section loads no Lightning (what keeps --print-recipe near `import torch`)
     code = "import sys, cnnlab.data.spec, cnnlab.recipe; print('pytorch_lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_free_device_memory_counts_what_the_allocator_holds_unused(monkeypatch):
+    """A second run in one process: the first run's tensors are freed but still reserved by the
+    caching allocator, which the driver's free count does not include."""
+    import torch
+
+    from cnnlab.env import device_free_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (2 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 10 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 3 << 30)
+    assert device_free_bytes("cuda:0") == (2 + 10 - 3) << 30
+
+
+def test_each_fit_resets_the_device_peak(monkeypatch):
+    """Every run in a sweep, an ablation or a finetune after feature extraction reports its own peak."""
+    import torch
+
+    from cnnlab.engine.callbacks import Throughput
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(d))
+
+    class On:
+        def __init__(self, kind):
+            self.device = torch.device(kind)
+
+    Throughput().on_fit_start(None, On("cpu"))
+    Throughput().on_fit_start(None, On("cuda"))
+    assert calls == [torch.device("cuda")]

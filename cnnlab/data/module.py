@@ -13,8 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.sources import SOURCES, Split, resize
-from cnnlab.errors import UserError
 from cnnlab.data.spec import DataSpec
+from cnnlab.env import device_free_bytes
+from cnnlab.errors import UserError
 
 
 class TensorImages(Dataset):
@@ -256,7 +257,7 @@ class ImageDataModule(pl.LightningDataModule):
         device = self._device()
         if self.placement is None or self.placement["device"] != str(device):
             nbytes = sum(s.nbytes for s in (self.train, self.val, self.test) if s is not None)
-            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" and self.spec.placement == "device" else None
+            free = device_free_bytes(device) if device.type == "cuda" and self.spec.placement == "device" else None
             self.placement = place(self.spec.placement, device, nbytes, free)
             self._placed = {}
             if self.placement["why"]:

@@ -121,6 +121,10 @@ class Throughput(pl.Callback):
             torch.cuda.synchronize(module.device)  # kernels run asynchronously: wait for them
         return time.perf_counter()
 
+    def on_fit_start(self, trainer, module) -> None:
+        if module.device.type == "cuda":  # this fit's peak, not the largest of every run in this process
+            torch.cuda.reset_peak_memory_stats(module.device)
+
     def on_train_epoch_start(self, trainer, module) -> None:
         self._t0 = self._last = self._now(module)
 
