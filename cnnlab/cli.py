@@ -190,6 +190,7 @@ def bench_conv(
     set_: Overrides = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per algorithm (median), after warm-up.")] = 5,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
+    tf32: Annotated[bool, typer.Option("--tf32", help="On a GPU: let cuDNN and matmuls use TF32 alike (default: neither, so every algorithm computes float32).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the run folder bench-conv-<time>.")] = Path("runs"),
 ) -> None:
     """Time convolution algorithms (direct, im2col, FFT, Winograd) side by side, with their error and memory."""
@@ -197,7 +198,7 @@ def bench_conv(
     from cnnlab.tasks import bench_conv as task
 
     bench_conv_table(task.run(shape, stacking, repeats, device, str(out), model=model, input=input, train=train,
-                                     recipe=recipe, overrides=set_ or []))
+                                     recipe=recipe, overrides=set_ or [], allow_tf32=tf32))
 
 
 @app.command()

@@ -152,8 +152,8 @@ class TrainerSpec(Spec):
         on_cuda = has_cuda and self.accelerator in ("auto", "gpu", "cuda")
         if on_cuda and isinstance(self.devices, int) and self.devices > torch.cuda.device_count():
             out.append((("devices",), f"{self.devices} CUDA devices asked for, {torch.cuda.device_count()} visible"))
-        if on_cuda and self.precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
-            out.append((("precision",), f"'{self.precision}': this CUDA device has no bfloat16; use 16-mixed or 32-true"))
+        if on_cuda and self.precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
+            out.append((("precision",), f"'{self.precision}': this CUDA device has no native bfloat16 (only emulated, far slower); use 16-mixed or 32-true"))
         return out
 
 

@@ -2,6 +2,7 @@
 strides, paddings and dilations; their gradients; what each refuses; counted multiplications and
 the im2col buffer."""
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,36 @@ def test_fft_transform_sizes_are_the_next_5_smooth_number():
     assert [smooth(n) for n in (1, 7, 11, 58, 64, 74)] == [1, 8, 12, 60, 64, 75]
     for n in range(1, 300):
         assert five_smooth(smooth(n)) and not any(five_smooth(m) for m in range(n, smooth(n)))
+
+
+def test_bench_conv_refuses_a_device_that_is_not_here_before_any_folder(monkeypatch, tmp_path):
+    from cnnlab.errors import UserError
+    from cnnlab.tasks import bench_conv
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device, says in (("cuda:1", "this machine has 1 CUDA device(s), cuda:0 to cuda:0"),
+                         ("cuda:x", "this machine has 1 CUDA device(s)"), ("tpu", "not a device")):
+        with pytest.raises(UserError, match=re.escape(f"--device {device}: {says}")):
+            bench_conv.run(device=device, out_dir=str(tmp_path))
+    bench_conv.check_device("cuda:0")  # the one that is here, and plain cuda: no error
+    bench_conv.check_device("cuda")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bench_sets_tf32_for_cudnn_and_matmuls_alike_then_restores_both():
+    from cnnlab.tasks.bench_conv import tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for allowed in (False, True):
+        with tf32(allowed):
+            assert torch.backends.cudnn.allow_tf32 is allowed and torch.backends.cuda.matmul.allow_tf32 is allowed
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_winograd_transforms_are_made_once_per_device_and_dtype():
+    from cnnlab.conv.algorithms import _winograd_on
+
+    a = _winograd_on(2, torch.device("cpu"), torch.float32)
+    assert all(x is y for x, y in zip(a, _winograd_on(2, torch.device("cpu"), torch.float32)))
+    assert _winograd_on(2, torch.device("cpu"), torch.float64)[0].dtype == torch.float64

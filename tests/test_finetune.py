@@ -383,6 +383,12 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     assert cache_key(source.backbone, resized.data, r.seed, 32) != key
     assert cache_key(source.backbone, r.data, r.seed + 1, data.image_size, splits) != key
     assert cache_key(source.backbone, r.data, r.seed, data.image_size, splits) == key
+    # the same inputs computed elsewhere: on a GPU, with TF32 allowed or not
+    gpu = {"device": "cuda: NVIDIA H200", "tf32": {"cudnn": True, "matmul": False}}
+    assert cache_key(source.backbone, r.data, r.seed, data.image_size, splits, {"device": "cpu"}) == key
+    on_gpu = cache_key(source.backbone, r.data, r.seed, data.image_size, splits, gpu)
+    no_tf32 = cache_key(source.backbone, r.data, r.seed, data.image_size, splits, {**gpu, "tf32": {"cudnn": False, "matmul": False}})
+    assert len({key, on_gpu, no_tf32}) == 3
     edited = {**splits, "test": ft.Split(data.test.images.clone(), data.test.labels, data.test.classes)}
     edited["test"].images[0, 0, 0, 0] ^= 1  # one pixel of one image: an image file changed in place
     assert cache_key(source.backbone, r.data, r.seed, data.image_size, edited) != key

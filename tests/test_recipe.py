@@ -194,6 +194,20 @@ def test_machine_checks_are_a_preflight_not_validation(no_gpu, trainer, problem)
     assert e.value.problems == [problem]
 
 
+def test_bf16_on_a_gpu_that_only_emulates_it_is_refused(monkeypatch):
+    """A GPU without native bf16 (before Ampere) runs it emulated, far slower: not accepted."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    with pytest.raises(rc.RecipeError) as e:
+        rc.validate({"trainer": {"precision": "bf16-mixed"}}, "x", preflight=True)
+    assert e.value.problems == ["trainer.precision: 'bf16-mixed': this CUDA device has no native bfloat16 (only "
+                                "emulated, far slower); use 16-mixed or 32-true"]
+    assert rc.validate({"trainer": {"precision": "16-mixed"}}, "x", preflight=True).trainer.precision == "16-mixed"
+
+
 def test_preflight_problems_come_with_the_recipes_own_and_its_lines(no_gpu, tmp_path):
     path = write(tmp_path / "r.yaml", "optim:\n  lr: 0\ntrainer:\n  accelerator: cuda\n")
     with pytest.raises(rc.RecipeError) as e:

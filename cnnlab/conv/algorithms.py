@@ -11,6 +11,7 @@ winograd-2x2 / winograd-4x4   F(m x m, 3 x 3): tiles transformed by small matric
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -238,10 +239,17 @@ def _winograd_matrices(m: int) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.tensor(a, dtype=torch.float64) for a in (BT, G, AT))  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=None)
+def _winograd_on(m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """The transform matrices made once per tile size, device and dtype (not copied to the device at
+    every call)."""
+    return tuple(t.to(device=device, dtype=dtype) for t in _winograd_matrices(m))  # type: ignore[return-value]
+
+
 def _winograd(m: int):
     def fn(x, w, s, p, d, out):
         a = m + 2  # input tile size
-        BT, G, AT = (t.to(device=x.device, dtype=x.dtype) for t in _winograd_matrices(m))
+        BT, G, AT = _winograd_on(m, x.device, x.dtype)
         th, tw = math.ceil(out[0] / m), math.ceil(out[1] / m)
         H, W = x.shape[-2:]
         xp = F.pad(x, (p[1], p[1] + tw * m + 2 - (W + 2 * p[1]), p[0], p[0] + th * m + 2 - (H + 2 * p[0])))

@@ -26,7 +26,7 @@ from cnnlab.errors import UserError
 from cnnlab.io import best_metric, epochs_logged
 from cnnlab.recipe import Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, Plan, TransferNet, choose_regime
-from cnnlab.transfer.features import cache_key, cached_features, extract, tap_slices
+from cnnlab.transfer.features import cache_key, cached_features, compute_identity, extract, tap_slices
 from cnnlab.transfer.probe import Probe, fit_cv
 from cnnlab.transfer.regimes import stage_taps, zero_head
 from cnnlab.transfer.similarity import Similarity, judge, stage_probes
@@ -115,7 +115,7 @@ def frozen_features(recipe: Recipe, source: Source, data: ImageDataModule, progr
     """The pretrained backbone's pooled taps of every split, through the feature cache (written
     only when `write`: by global rank 0)."""
     bb, splits = source.backbone, {"train": data.train, "val": data.val, "test": data.test}
-    key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits)
+    key = cache_key(bb, recipe.data, recipe.seed, data.image_size, splits, compute_identity(recipe.trainer.accelerator))
     return cached_features(bb, splits, key, recipe.finetune.cache_dir, recipe.data.batch_size,
                            evaluator(recipe.trainer.accelerator, progress=progress), write)
 

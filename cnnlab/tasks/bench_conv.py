@@ -3,8 +3,9 @@ one shape, or every convolution of a model), and the stacking comparison (option
 bench_conv.json and bench_conv.png in a run folder."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -83,12 +84,39 @@ def train_blocks(recipes: list[tuple[str, Recipe]], folder: Path, progress: bool
     return rows
 
 
+def check_device(device: str) -> None:
+    """cpu, cuda, or cuda:N of a device that is here; anything else is one line before any work."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UserError(f"--device {device}: not a device; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device here; use --device cpu")
+    index = device.removeprefix("cuda").removeprefix(":")
+    n = torch.cuda.device_count()
+    if index and (not index.isdigit() or int(index) >= n):
+        raise UserError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+
+
+@contextmanager
+def tf32(allowed: bool) -> Iterator[None]:
+    """TF32 allowed or not for cuDNN's convolutions and for matmuls alike while the bench runs, then
+    the settings as they were. By default cuDNN may use TF32 while matmuls may not, which would give
+    `direct` (cuDNN) ~1e-3 error and a speed edge over im2col, FFT and Winograd (matmuls)."""
+    was = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = was
+
+
 def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, device: str = "cpu",
         out_dir: str = "runs", model: str | None = None, input: str = "1,3,224,224", train: bool = False,
-        recipe: Path | None = None, overrides: list[str] = (), progress: bool = True) -> dict[str, Any]:
+        recipe: Path | None = None, overrides: list[str] = (), progress: bool = True,
+        allow_tf32: bool = False) -> dict[str, Any]:
     """Everything is checked (device, shapes, model, recipes) before the run folder is made."""
-    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
-        raise UserError(f"--device {device}: no CUDA device here; use --device cpu")
+    check_device(device)
     if shape and model:
         raise UserError("--shape and --model: give one (a layer shape, or a model whose layers are timed)")
     if train and not stacking:
@@ -100,13 +128,15 @@ def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, devi
     shapes = [] if model else [parse_shape(shape)] if shape else SWEEP
     trained = stacking_recipes(recipe, list(overrides)) if train else []
     folder = new_run_dir(out_dir, "bench-conv")
-    results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
-                               "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
-                               "torch_threads": torch.get_num_threads(), "versions": versions()}
-    if net is not None:
-        results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
-    if stacking:
-        results["stacking"] = compare(repeats=repeats, device=device)
+    with tf32(allow_tf32):
+        results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
+                                   "tf32": allow_tf32 if device != "cpu" else None,  # a CUDA setting only
+                                   "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
+                                   "torch_threads": torch.get_num_threads(), "versions": versions()}
+        if net is not None:
+            results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
+        if stacking:
+            results["stacking"] = compare(repeats=repeats, device=device)
     if trained:
         results["stacking_train"] = train_blocks(trained, folder, progress)
     write_json(folder / "bench_conv.json", results)

@@ -46,9 +46,23 @@ def digest(t: Tensor) -> str:
     return hashlib.blake2b(t.contiguous().numpy().data, digest_size=16).hexdigest()
 
 
-def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int, splits: dict[str, Split] | None = None) -> str:
+def compute_identity(accelerator: str) -> dict[str, Any]:
+    """What decides the features' low bits besides the inputs: the device they are computed on and,
+    on CUDA, whether TF32 may stand in for float32 in convolutions and matmuls."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return {"device": f"cuda: {torch.cuda.get_device_name()}",
+                "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}}
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return {"device": "mps"}
+    return {"device": "cpu"}
+
+
+def cache_key(backbone: Backbone, data_spec, seed: int, image_size: int, splits: dict[str, Split] | None = None,
+              compute: dict[str, Any] | None = None) -> str:
+    """The feature cache's key: the backbone, the data and its preprocessing, and `compute`
+    (compute_identity: features computed on a GPU with TF32 are not the CPU's)."""
     d = data_spec
-    key = {"version": CACHE_VERSION, "backbone": backbone.identity, "taps": "all",
+    key = {"version": CACHE_VERSION, "backbone": backbone.identity, "taps": "all", "compute": compute or {"device": "cpu"},
            "data": [d.source, d.root, d.classes, d.subset, d.test_subset, d.val_split, seed],
            "images": {name: digest(s.images) for name, s in sorted((splits or {}).items())},
            "preprocessing": {"image_size": image_size, "mean": backbone.mean, "std": backbone.std,
