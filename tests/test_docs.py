@@ -64,7 +64,7 @@ def test_every_command_shown_is_a_real_command_with_real_flags():
         if len(words) < 2 or words[1] not in known:
             bad.append(f"{page}: {line!r}: no command {words[1] if len(words) > 1 else ''!r}")
             continue
-        flags = {w.split("=")[0] for w in re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:=\S+)?", line)}
+        flags = {w.split("=")[0] for w in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?:=\S+)?", line)}
         bad += [f"{page}: {line!r}: {words[1]} has no {f}" for f in sorted(flags - known[words[1]])]
     assert bad == []
 
