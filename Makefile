@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test test-fast coverage docs bench fast source transfer stacking precision packed clean
+.PHONY: setup data demo test test-fast coverage docs bench fast source transfer stacking precision packed clean gpu-bundle gpu-check
 
 setup: $(STAMP)
 
@@ -35,6 +35,15 @@ coverage: setup data
 # the manual (docs/) as a site in build/site, links checked
 docs: setup
 	$(VENV)/bin/mkdocs build --strict
+
+# Here, before a GPU is lent: .gpu/ (ignored) with the wheels the GPU machine lacks and Fashion-MNIST
+gpu-bundle: setup data
+	bash scripts/gpu-bundle.sh
+
+# On the GPU machine (its own Python; carry .gpu): every CUDA path in one run, gpu-check.json into
+# $$OUT (else runs/). ACCELERATOR=cpu make gpu-check runs the CPU lane here, in seconds
+gpu-check:
+	bash scripts/gpu-check.sh
 
 bench: setup data
 	$(PY) benchmarks/startup.py
