@@ -16,7 +16,8 @@ def check_finite(loss: Tensor, grads: Iterable[Tensor]) -> str | None:
     grads = list(grads)
     # each tensor's norm accumulated in float32: a float16 gradient's own norm overflows to inf at
     # 65504 while every element is finite
-    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) if g.element_size() < 4 else torch.linalg.vector_norm(g)
+             for g in grads]
     total = torch.linalg.vector_norm(torch.stack(norms)) if norms else loss.new_zeros(())
     ok = torch.stack([loss.detach().float().isfinite(), total.float().isfinite()]).cpu()
     if bool(ok.all()):
