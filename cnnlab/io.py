@@ -3,20 +3,71 @@ reader of metrics.csv."""
 from __future__ import annotations
 
 import csv
+import errno
+import itertools
 import json
 import os
+import secrets
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from cnnlab.errors import UserError
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename inside it survives a crash (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether `e`, or an error it was raised while handling (torch.save turns the OSError into a
+    RuntimeError of its own), is a full disk or quota."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+@contextmanager
+def atomic(path: str | Path, mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+    """A file written under a temporary name unique to this writer (process and call), fsynced, then
+    renamed over `path`: a reader, a second writer or a crash sees the old file or the whole new
+    one, never part of one. If writing fails (a full disk, an interruption) the temporary is removed
+    and `path` is left as it was; a full disk is a one-line error naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, mode, **open_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _disk_full(e):
+            raise UserError(f"{path}: the disk is full; nothing was half-written, the previous file (if any) "
+                            f"is kept") from None
+        raise
+    _sync_folder(path.parent)
+
+
 def write_text(path: Path, text: str) -> None:
-    """Written under a temporary name and renamed: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Written atomically and durably (`atomic`)."""
+    with atomic(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -30,14 +81,14 @@ def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
 
 
 def save_tensors(path: Path, data: dict) -> None:
-    """torch.save under a temporary name (this process's own), then a rename: a cache file is whole
-    or absent, even with two runs filling the same cache at once."""
+    """torch.save, atomically and durably (`atomic`): a cache file or checkpoint is whole or absent,
+    even with two runs filling the same cache at once."""
     import torch
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    with atomic(path) as f:
+        torch.save(data, f)
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
@@ -45,14 +96,16 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
     folder that cannot be made is a user error naming output.dir."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out_dir) / f"{name}-{stamp}"
-    path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    try:
-        path.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"output.dir: cannot make the run folder {path}: {e.strerror or e}") from None
-    return path
+    for k in itertools.count():
+        path = base if k == 0 else Path(f"{base}-{k}")
+        try:  # the mkdir is the claim: of any number of runs starting at once, one gets each name
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"output.dir: cannot make the run folder {path}: {e.strerror or e}") from None
+    raise AssertionError("unreachable")
 
 
 def find_checkpoint(path: str | Path, key: str | None = None) -> Path:

@@ -3,6 +3,7 @@ broadcast to the others), metrics.csv, and the throughput and peak-memory meter.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from cnnlab.env import host_peak_mib
-from cnnlab.io import read_metrics
+from cnnlab.io import atomic, read_metrics
 
 
 def quiet_lightning() -> None:
@@ -57,13 +58,16 @@ class RunFolder(pl.Callback):
 
 
 class MetricsCSV(Logger):
-    """metrics.csv, rewritten (atomically) by global rank 0 on every log call, so the rows are on disk
-    at all times: a crash loses nothing, and a resumed run keeps the rows of the epochs it keeps."""
+    """metrics.csv, written by global rank 0: each row is appended as it is logged, and the file is
+    fsynced at each epoch's rows, so a crash loses at most the step rows of the epoch it was in. The
+    file is rewritten whole (atomically) only when a row brings a new column (a handful of times a
+    run) and when a resumed fit cuts off the rows of the epochs it redoes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.path: Path | None = None
         self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = []
 
     @property
     def name(self) -> str:
@@ -82,7 +86,7 @@ class MetricsCSV(Logger):
         if rank_zero_only.rank == 0:
             self.rows = read_metrics(path, keep_epochs_before)
             if self.rows or path.exists():
-                self._write()
+                self._rewrite()
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -90,21 +94,30 @@ class MetricsCSV(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        row = {k: float(v) for k, v in metrics.items() if k != "epoch"}
-        self.rows.append({"epoch": int(metrics.get("epoch", 0)), "step": step, **row})
-        self._write()
+        row = {"epoch": int(metrics.get("epoch", 0)), "step": step,
+               **{k: float(v) for k, v in metrics.items() if k != "epoch"}}
+        self.rows.append(row)
+        if self.path is None:
+            return
+        if not self.path.exists() or not set(row) <= set(self.columns):
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
+            if any(not k.endswith("_step") for k in row if k not in ("epoch", "step")):  # an epoch's row
+                f.flush()
+                os.fsync(f.fileno())
 
-    def _write(self) -> None:
+    def _rewrite(self) -> None:
         if self.path is None:
             return
         keys = sorted(set().union(*self.rows) - {"epoch", "step"}) if self.rows else []
+        self.columns = ["epoch", "step", *keys]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys], restval="")
+        with atomic(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, restval="")
             w.writeheader()
             w.writerows(self.rows)
-        tmp.replace(self.path)
 
 
 class Throughput(pl.Callback):

@@ -3,11 +3,22 @@ extraction all get their pytorch_lightning.Trainer here."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from cnnlab.engine.callbacks import MetricsCSV, RunFolder
+from cnnlab.io import save_tensors
 from cnnlab.spec import TrainerSpec
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written as every cnnlab file is: under a temporary name unique to the writer,
+    fsynced, renamed (a crash or a full disk leaves the previous checkpoint whole)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        save_tensors(Path(path), checkpoint)
 
 
 def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks: list[pl.Callback] = (),
@@ -31,7 +42,7 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
     cbs: list[pl.Callback] = [folder, *best, last, *callbacks, *bar]  # trainer.checkpoint_callback: the first
     args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0}
     return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,
-                      **common)
+                      plugins=[AtomicCheckpointIO()], **common)
 
 def evaluator(accelerator: str = "auto", precision: str = "32-true", progress: bool = True) -> pl.Trainer:
     """A one-device Trainer that only evaluates or predicts."""

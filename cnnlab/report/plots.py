@@ -14,9 +14,12 @@ def pyplot():
 
 
 def save(fig, out_png: Path) -> None:
-    """Lay out, write under a temporary name and rename (a reader never sees half a PNG), close."""
+    """Lay out, write atomically and durably (a reader never sees half a PNG), close."""
+    from cnnlab.io import atomic
+
     fig.tight_layout()
-    tmp = Path(out_png).with_name(Path(out_png).name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    tmp.replace(out_png)
-    pyplot().close(fig)
+    try:
+        with atomic(out_png) as f:
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        pyplot().close(fig)
