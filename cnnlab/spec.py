@@ -47,6 +47,14 @@ def known(registry: Registry, name: str) -> str:
     return name
 
 
+class DivergenceSpec(Spec):
+    """A training loss that stays finite but has left any sensible range stops the run, as a
+    non-finite one does (exit 3, the last state before it left the range saved)."""
+
+    loss_above: float = Field(10.0, gt=1)  # times ln(classes): the loss of a uniform guess
+    steps: int = Field(20, ge=1)  # consecutive training steps above it
+
+
 class OptimSpec(Spec):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)  # peak learning rate
@@ -55,6 +63,8 @@ class OptimSpec(Spec):
     betas: tuple[float, float] = (0.9, 0.999)  # adamw only
     weight_decay: float = Field(5e-4, ge=0)  # applied to conv/linear weights, not to norms or biases
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy target smoothing
+    # on by default; null turns it off (for a command that drives the loss up on purpose)
+    divergence: DivergenceSpec | None = Field(default_factory=DivergenceSpec)
 
 
 class ScheduleSpec(Spec):

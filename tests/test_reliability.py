@@ -123,3 +123,76 @@ def test_a_full_disk_during_a_run_is_one_line_and_keeps_whole_checkpoints(cli, s
     assert ckpts, "the first epochs' checkpoints fit"
     for p in ckpts:  # every checkpoint on the disk is whole
         assert torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# --------------------------------------------------------------------------- divergence that stays finite
+
+
+def high_loss_from(step: int, value: float = 1e7):
+    """A callback that makes the training loss `value` (finite) from `step` on, before the module's check."""
+    import pytorch_lightning as pl
+
+    class High(pl.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            if trainer.global_step >= step:
+                module._loss = torch.tensor(value)
+
+    return High()
+
+
+@pytest.fixture
+def with_callback(monkeypatch):
+    import cnnlab.engine.run as run
+
+    def add(cb):
+        build = run.build_trainer
+        monkeypatch.setattr(run, "build_trainer", lambda spec, folder=None, callbacks=(), **kw: build(spec, folder, [*callbacks, cb], **kw))
+
+    return add
+
+
+@pytest.mark.parametrize("steps", [20, 3])
+def test_a_finite_loss_far_above_chance_for_a_run_of_steps_stops_with_exit_3(cli, with_callback, steps):
+    with_callback(high_loss_from(5))
+    over = [] if steps == 20 else ["--set", f"optim.divergence.steps={steps}"]
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=3", *over)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 3, res.output
+    assert (f"training diverged at step {4 + steps} (epoch {(4 + steps) // 11}): the loss stayed above 23 (10 x ln 10, "
+            f"a uniform guess's loss) for {steps} steps, 1e+07 at the last") in said
+    assert "Try: lower optim.lr (or add warm-up: schedule.warmup_epochs)" in said and "Traceback" not in res.output
+    [run] = cli.runs.iterdir()
+    ckpt = torch.load(run / "checkpoints" / "before-divergence.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5 and not (run / "results.json").exists()  # the state at the first such step
+
+
+def test_a_run_of_high_losses_that_ends_in_time_and_divergence_null_train_on(cli, with_callback):
+    with_callback(high_loss_from(30))  # from step 30 of 33: too few steps left to reach 20
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=3", "--set", "output.plots=false")
+    assert res.exit_code == 0, res.output
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=1", "--set", "output.plots=false",
+              "--set", "optim.divergence=null", "--set", "optim.lr=1e8")
+    assert res.exit_code in (0, 3), res.output  # no finite-divergence stop; a NaN still stops (exit 3)
+    assert "stayed above" not in res.output
+
+
+def test_the_smoke_recipe_at_lr_1e8_exits_3(cli):
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "optim.lr=1e8")
+    assert res.exit_code == 3 and "training diverged at step" in res.output and "Traceback" not in res.output
+
+
+def test_a_run_at_chance_level_says_so_and_is_flagged(cli, with_callback):
+    """A model collapsed onto one class: lr 1e8 without the divergence stop, on a machine where the
+    loss stays finite; here the same end is forced by a learning rate of zero for the whole run."""
+    from cnnlab.engine.assemble import chance
+
+    assert chance(0.10, 10, 300)["at_chance"] and not chance(0.30, 10, 300)["at_chance"]
+    assert chance(0.13, 10, 300)["at_chance"] and not chance(0.14, 10, 300)["at_chance"]  # 2 standard errors: 3.5 points
+    res = cli("train", SMOKE, "--set", f"output.dir={cli.runs}", "--set", "trainer.max_epochs=1", "--set", "output.plots=false",
+              "--set", "schedule.name=constant", "--set", "optim.lr=1e-12")
+    assert res.exit_code == 0, res.output
+    [run] = cli.runs.iterdir()
+    r = __import__("json").loads((run / "results.json").read_text())
+    assert r["chance"] == {"guess_acc": 0.1, "at_chance": r["test_acc"] <= 0.1 + 2 * (0.09 / 300) ** 0.5}
+    assert r["chance"]["at_chance"], r["test_acc"]  # an untrained net
+    assert "is at chance level (a uniform guess scores 10.00%)" in " ".join(res.output.split())

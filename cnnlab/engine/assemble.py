@@ -2,6 +2,8 @@
 augmentation fitted to the training images, and the LightningModule around them."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,3 +75,12 @@ def require_one_process(recipe: Recipe, command: str, why: str = "Data-parallel 
 def per_class_acc(tested: dict[str, float], classes: list[str]) -> dict[str, float]:
     """Per-class test accuracy from trainer.test's results (see Classifier.on_test_epoch_end)."""
     return {name: float(tested[f"{PER_CLASS}{i}"]) for i, name in enumerate(classes)}
+
+
+def chance(test_acc: float, classes: int, images: int) -> dict[str, float | bool]:
+    """Whether a test accuracy is at chance level: within two binomial standard errors above a
+    uniform guess's 1/classes on this many test images (a collapsed model predicting one class of a
+    balanced test split scores exactly 1/classes)."""
+    p = 1 / classes
+    limit = p + 2 * math.sqrt(p * (1 - p) / max(1, images))
+    return {"guess_acc": p, "at_chance": test_acc <= limit}

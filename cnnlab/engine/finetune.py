@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
-from cnnlab.engine.assemble import augmentation, module_args, per_class_acc
+from cnnlab.engine.assemble import augmentation, chance, module_args, per_class_acc
 from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import finetune_network
 from cnnlab.engine.module import Classifier
@@ -222,6 +222,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         "regime": regime,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
+        "chance": chance(tested["test/acc"], k, len(data.test.labels)),
         "best_val_acc": best_metric(folder.path / "metrics.csv", "val/acc"),
         "images_per_class": len(data.train.labels) // k,
         "images": {"train": len(data.train.labels), "val": len(data.val.labels), "test": len(data.test.labels)},

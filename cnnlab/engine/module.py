@@ -1,6 +1,7 @@
 """The LightningModule: the network injected, one shared step, torchmetrics for every metric."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,7 @@ class Classifier(pl.LightningModule):
         weights = getattr(optim, "weights", None)  # optim.weights: 16-bit master weights
         self.lowp = LowPrecision(net, weights.format(), weights.rounding) if weights is not None else None
         self._loss: Tensor | None = None  # the training step's loss, for the finite check
+        self._high = 0  # consecutive steps with the loss above optim.divergence's limit
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
 
@@ -143,20 +145,54 @@ class Classifier(pl.LightningModule):
         if self.lowp is not None:
             grads += self.lowp.grads()
         what = check_finite(self._loss, grads)
-        # decided over every process, so that all of them stop at this step together: a loss that is
-        # not finite on one rank alone (checked without its gradients under a scaler) would otherwise
-        # have that rank save and wait at a barrier while the others enter the next all-reduce
-        if not self.trainer.strategy.reduce_boolean_decision(what is not None, all=False):
+        div, limit = self.optim.divergence, None
+        if div is not None:
+            limit = div.loss_above * math.log(self.hparams["num_classes"])
+        high = what is None and limit is not None and float(self._loss) > limit
+        # decided over every process, so that all of them stop (and save) at this step together: a
+        # loss that is not finite on one rank alone (checked without its gradients under a scaler)
+        # would otherwise have that rank save and wait at a barrier while the others enter the next
+        # all-reduce
+        flags = torch.tensor([float(what is not None), float(high)], device=self.device)
+        nonfinite, high = (bool(f) for f in self.trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+        if not nonfinite and not high:
+            self._high = 0
             return
-        what = what or "the loss or a gradient was not finite in another process"
-        folder = Path(self.trainer.checkpoint_callback.dirpath or self.trainer.default_root_dir)
-        ckpt = folder / "last-finite.ckpt"
-        with torch.no_grad():  # the running statistics as they were before this step's forward
+        if nonfinite:
+            what = what or "the loss or a gradient was not finite in another process"
+            ckpt = self._save_before_step("last-finite.ckpt")
+            raise Diverged(diverged_message(what, self.global_step, self.current_epoch, str(ckpt), self.trainer.precision,
+                                            self.lowp.fmt.name if self.lowp is not None else None), self.global_step, str(ckpt))
+        # finite, but far above a uniform guess's loss: a run of such steps is a run that diverged
+        self._high += 1
+        if self._high == 1:  # the last state before the loss left the range
+            self._save_before_step("before-divergence.ckpt")
+        if self._high >= div.steps:
+            ckpt = self._checkpoint_dir() / "before-divergence.ckpt"
+            raise Diverged(f"training diverged at step {self.global_step} (epoch {self.current_epoch}): the loss stayed "
+                           f"above {limit:.3g} ({div.loss_above:g} x ln {self.hparams['num_classes']}, a uniform guess's "
+                           f"loss) for {div.steps} steps, {float(self._loss):.3g} at the last. Stopped before applying "
+                           f"that step; the state at the first of those steps is in {ckpt}. Try: lower optim.lr "
+                           f"(or add warm-up: schedule.warmup_epochs); optim.divergence sets the limit (null: no limit)",
+                           self.global_step, str(ckpt))
+
+    def _checkpoint_dir(self) -> Path:
+        return Path(self.trainer.checkpoint_callback.dirpath or self.trainer.default_root_dir)
+
+    def _save_before_step(self, name: str) -> Path:
+        """A checkpoint of the state before this step: the weights and optimizer as they are (the
+        step is not applied yet), the running statistics as they were before this step's forward.
+        Every process calls it (Lightning writes on global rank 0); training goes on with the
+        statistics this step's forward made."""
+        ckpt = self._checkpoint_dir() / name
+        with torch.no_grad():
+            now = {n: self.net.get_buffer(n).clone() for n in self._stats}
             for n, b in self._stats.items():
                 self.net.get_buffer(n).copy_(b)
-        self.trainer.save_checkpoint(ckpt)
-        raise Diverged(diverged_message(what, self.global_step, self.current_epoch, str(ckpt), self.trainer.precision,
-                                        self.lowp.fmt.name if self.lowp is not None else None), self.global_step, str(ckpt))
+            self.trainer.save_checkpoint(ckpt)
+            for n, b in now.items():
+                self.net.get_buffer(n).copy_(b)
+        return ckpt
 
     def peak_lrs(self) -> list[float]:
         """The learning rate of each parameter group the optimizer is built with (the schedule's peak)."""

@@ -13,7 +13,7 @@ import torch
 
 from cnnlab.data.module import describe, per_process_batch
 from cnnlab.engine import tta
-from cnnlab.engine.assemble import Assembled, assemble, per_class_acc
+from cnnlab.engine.assemble import Assembled, assemble, chance, per_class_acc
 from cnnlab.engine.callbacks import MetricsCSV, RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import epochs_done
 from cnnlab.engine.trainer import build_trainer, evaluator
@@ -105,6 +105,7 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
         "per_class_acc": per_class_acc(tested, a.data.test.classes),
+        "chance": chance(tested["test/acc"], a.data.num_classes, len(a.data.test.labels)),
         "best_val_acc": best_metric(metrics, "val/acc"),
         "checkpoint": best or str(run_dir / "checkpoints" / "last.ckpt"),
         "epochs": epochs_logged(metrics),

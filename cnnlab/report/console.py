@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -47,3 +47,12 @@ def status() -> Iterator[Callable[[str], None]]:
         return
     with console.status("starting") as s:
         yield lambda text: s.update(text)
+
+
+def at_chance(r: dict[str, Any]) -> None:
+    """The warning line of a run whose test accuracy is no better than a uniform guess."""
+    c = r.get("chance")
+    if c and c["at_chance"]:
+        console.print(f"[yellow]warning:[/] test accuracy {r['test_acc']:.2%} is at chance level (a uniform guess scores "
+                      f"{c['guess_acc']:.2%}): the model learned nothing usable; look at the loss in metrics.csv "
+                      f"(a learning rate too high collapses a model onto one class)", highlight=False)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cnnlab.report.console import console
+from cnnlab.report.console import at_chance, console
 from cnnlab.report.plots import pyplot, save
 
 
@@ -35,6 +35,7 @@ def finetune_summary(r: dict[str, Any]) -> None:
     t.add_row("wall time", f"{r['wall_time_s']:.1f} s (features {r['features_s']:.1f} s, fit {r['fit_s']:.1f} s)")
     t.add_row("checkpoint", r["checkpoint"])
     console.print(t)
+    at_chance(r)
 
 
 def sweep_summary(r: dict[str, Any]) -> None:

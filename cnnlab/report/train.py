@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from cnnlab.io import epoch_metrics
-from cnnlab.report.console import console, kv_table
+from cnnlab.report.console import at_chance, console, kv_table
 from cnnlab.report.plots import pyplot, save
 from cnnlab.report.tta import tta_table
 
@@ -56,6 +56,8 @@ def train_summary(r: dict[str, Any]) -> None:
     console.print(per)
     if r.get("tta"):
         tta_table(r["tta"])
+    at_chance(r)
+
 
 
 def _placement(p: dict[str, Any]) -> str:
