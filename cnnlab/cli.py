@@ -7,7 +7,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from cnnlab.errors import Diverged, UserError
+from cnnlab.errors import Diverged, Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ConvNets in practice: train, fine-tune, augment, test-time augment, benchmark convolutions.")
@@ -16,8 +16,9 @@ Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override 
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Report UserError (bad file, key or value) as `error: ...` with exit code 2, and a run that
-    diverged (non-finite loss or gradients) with exit code 3; no traceback."""
+    """Report UserError (bad file, key or value) as `error: ...` with exit code 2, a run that
+    diverged (non-finite loss or gradients) with exit code 3, and a run stopped by SIGINT or SIGTERM
+    with 130 or 143; no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -31,6 +32,9 @@ def user_errors(fn: Callable) -> Callable:
         except Diverged as e:  # not the user's input: the run stopped, its last finite state saved
             error(str(e))
             raise typer.Exit(3) from None
+        except Interrupted as e:  # SIGINT / SIGTERM: stopped after a whole step, its checkpoint written
+            error(f"{e}" + (f"; continue with: {e.resume}" if e.resume else ""))
+            raise typer.Exit(128 + e.signum) from None
 
     return wrapper
 

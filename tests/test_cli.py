@@ -99,8 +99,7 @@ def test_a_crash_during_the_resumed_part_keeps_every_earlier_row_on_disk(tmp_pat
 AUGMENT = "augment.ops=[{name: shift, max_px: 2}, {name: hflip}, {name: color_jitter, brightness: 0.3}]"
 
 
-# Not with data.num_workers > 0: on a restart Lightning starts the worker processes, which draw the
-# first batches' indices at once, before it restores the epoch, so the resumed epoch's order differs.
+# at an epoch's end; mid-epoch, with loader workers and real signals: tests/test_reliability.py
 @pytest.mark.slow
 @pytest.mark.parametrize("augment", [[], ["augment.where=device", AUGMENT], ["augment.where=loader", AUGMENT],
                                      ["optim.weights={dtype: bf16, rounding: stochastic}"],

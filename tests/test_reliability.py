@@ -196,3 +196,53 @@ def test_a_run_at_chance_level_says_so_and_is_flagged(cli, with_callback):
     assert r["chance"] == {"guess_acc": 0.1, "at_chance": r["test_acc"] <= 0.1 + 2 * (0.09 / 300) ** 0.5}
     assert r["chance"]["at_chance"], r["test_acc"]  # an untrained net
     assert "is at chance level (a uniform guess scores 10.00%)" in " ".join(res.output.split())
+
+
+# --------------------------------------------------------------------------- signals and mid-epoch resume
+
+HELPERS = Path(__file__).parent / "helpers"
+
+
+def interrupted(tmp_path, signal_name: str, step: int, over: list[str]):
+    """A real `cnnlab train` process that receives `signal_name` while training step `step` runs."""
+    import sys
+
+    sets = [a for o in [*over, f"output.dir={tmp_path}"] for a in ("--set", o)]
+    res = subprocess.run([sys.executable, str(HELPERS / "signal_at_step.py"), signal_name, str(step), "train", SMOKE, *sets],
+                         capture_output=True, text=True, timeout=300)
+    [run] = list(tmp_path.iterdir())
+    return res, run
+
+
+def weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name,step,extra", [
+    ("SIGINT", 7, []),
+    ("SIGTERM", 7, ["data.num_workers=2", "augment.where=loader", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]"]),
+    ("SIGINT", 12, ["augment.where=device", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]", "model.dropout=0.3"]),
+], ids=["mid-epoch", "mid-epoch-2-workers-sigterm", "mid-epoch-device-augment"])
+def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_same_weights(tmp_path, signal_name, step, extra):
+    from cnnlab import recipe as rc
+    from cnnlab.engine.run import train
+
+    over = ["trainer.max_epochs=3", "data.subset=20", "output.plots=false", *extra]  # 5 steps an epoch
+    res, run = interrupted(tmp_path / "b", signal_name, step, over)
+    code = {"SIGINT": 130, "SIGTERM": 143}[signal_name]
+    assert res.returncode == code, res.stdout + res.stderr
+    said = " ".join(res.stderr.split() + res.stdout.split())
+    assert f"interrupted by {signal_name} at step {step + 1} (epoch {(step + 1) // 5})" in said
+    assert f"continue with: cnnlab train --resume {run}" in said and "Traceback" not in said
+    r = __import__("json").loads((run / "results.json").read_text())
+    assert r["interrupted"] == {"signal": signal_name, "epoch": (step + 1) // 5, "step": step + 1,
+                                "checkpoint": str(run / "checkpoints" / "last.ckpt")}
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 1
+    resumed = train(rc.load(run / "recipe.yaml"), resume=run, progress=False)
+    straight = train(rc.load(SMOKE, [*over, f"output.dir={tmp_path / 'a'}"]), progress=False)
+    wa, wb = weights(Path(straight["run_dir"])), weights(run)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
+    assert resumed["test_acc"] == straight["test_acc"] and "interrupted" not in resumed
+    ma, mb = io.epoch_metrics(Path(straight["run_dir"]) / "metrics.csv"), io.epoch_metrics(run / "metrics.csv")
+    assert ma["train/loss"] == mb["train/loss"] and ma["val/acc"] == mb["val/acc"]  # the epoch's means came back too

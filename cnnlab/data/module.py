@@ -64,6 +64,29 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     return batch_size // processes
 
 
+def stateful_loader() -> type[DataLoader]:
+    """torchdata's StatefulDataLoader, whose state after an epoch's last batch is a fresh start: a
+    checkpoint at an epoch's end resumes at the next epoch's first batch (its own state would have
+    the next epoch's iterator skip as many batches as the finished epoch had)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchdata.stateful_dataloader import StatefulDataLoader
+    warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata's own deprecation notice
+
+    class EpochLoader(StatefulDataLoader):
+        def state_dict(self) -> dict:
+            state = super().state_dict()
+            return {} if state.get("_num_yielded", 0) >= len(self) else state
+
+        def load_state_dict(self, state: dict) -> None:
+            if state:
+                super().load_state_dict(state)
+
+    return EpochLoader
+
+
 class EpochShuffle(Sampler[int]):
     """This process's share of a permutation that is a pure function of (seed, epoch): a resumed run
     sees the same order as an uninterrupted one. Each global batch of the permutation is cut into
@@ -79,7 +102,19 @@ class EpochShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    # a sampler with a state (torchdata's StatefulDataLoader asks it): the epoch and how many indices
+    # of its order were taken, so that a run checkpointed mid-epoch resumes at the next index of the
+    # same order without drawing (or reading) anything it skips
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "taken": self._taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._start = state["epoch"], state["taken"]
+
+    _taken, _start = 0, 0
+
     def __iter__(self):
+        start, self._start, self._taken = self._start, 0, 0
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         B = self.batch_size
@@ -88,7 +123,12 @@ class EpochShuffle(Sampler[int]):
         else:
             order = order.view(1, -1)  # one smaller batch
         mine = order.tensor_split(self.processes, dim=1)[self.rank].flatten().tolist()
-        return iter([(self.epoch, i) for i in mine] if self.tag_epoch else mine)
+        # a generator: the order is drawn at the first index taken, after Lightning's set_epoch, even
+        # where a loader makes its iterator early (a resumed fit does, before the epoch is set)
+        self._taken = start
+        for i in mine[start:]:
+            self._taken += 1
+            yield (self.epoch, i) if self.tag_epoch else i
 
     def __len__(self) -> int:
         if self.n > self.batch_size:
@@ -283,8 +323,12 @@ class ImageDataModule(pl.LightningDataModule):
                    else Shard(len(ds), rank, processes))
         w = self.spec.num_workers
         pin = images.device.type == "cpu" and self._device().type == "cuda"  # then Lightning copies with non_blocking
-        return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collated, num_workers=w,
-                          persistent_workers=w > 0, pin_memory=pin)
+        # training: a loader with state_dict (torchdata's StatefulDataLoader), so that a checkpoint
+        # taken mid-epoch resumes at the next batch of the same order, with workers too (Lightning
+        # saves and restores a loader's state only when it has one)
+        make = stateful_loader() if train else DataLoader
+        return make(ds, batch_size=batch, sampler=sampler, collate_fn=collated, num_workers=w,
+                    persistent_workers=w > 0, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.train_transform)

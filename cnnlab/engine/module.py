@@ -176,6 +176,28 @@ class Classifier(pl.LightningModule):
                            f"(or add warm-up: schedule.warmup_epochs); optim.divergence sets the limit (null: no limit)",
                            self.global_step, str(ckpt))
 
+    # the training epoch's running means (loss, accuracy) and the divergence count, so that a
+    # checkpoint taken mid-epoch resumes with the epoch's metrics as they were
+    _RESUMED = ("train_loss", "train_acc")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cnnlab_epoch"] = {"high": self._high, **{
+            n: {"update_count": getattr(self, n)._update_count,
+                "state": {k: v.detach().clone() for k, v in getattr(self, n).metric_state.items()}}
+            for n in self._RESUMED}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("cnnlab_epoch")
+        if not saved:
+            return
+        self._high = saved["high"]
+        for n in self._RESUMED:
+            m = getattr(self, n)
+            for k, v in saved[n]["state"].items():
+                setattr(m, k, v.to(getattr(m, k).device))
+            m._update_count = saved[n]["update_count"]
+            m._computed = None
+
     def _checkpoint_dir(self) -> Path:
         return Path(self.trainer.checkpoint_callback.dirpath or self.trainer.default_root_dir)
 
@@ -199,10 +221,24 @@ class Classifier(pl.LightningModule):
         lowp = (self.lowp, self.net) if self.lowp is not None else None
         return [g["lr"] for g in build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale, lowp).param_groups]
 
+    def _stepping_batches(self) -> int:
+        """Lightning's estimated_stepping_batches, counted from the data module's loader: Lightning's
+        own property sets up the training loader to count it, before a resumed fit restores the
+        loops, so the loader would never get its saved mid-epoch state."""
+        t = self.trainer
+        dm = t.datamodule
+        if dm is None:
+            return t.estimated_stepping_batches
+        n = len(dm.train_dataloader())
+        limit = t.limit_train_batches
+        n = int(n * limit) if isinstance(limit, float) else min(n, int(limit))
+        total = math.ceil(n / t.accumulate_grad_batches) * max(t.max_epochs, 1)
+        return min(total, t.max_steps) if t.max_steps != -1 else total
+
     def configure_optimizers(self):
         lowp = (self.lowp, self.net) if self.lowp is not None else None
         opt = build_optimizer(list(self.net.named_parameters()), self.optim, self.lr_scale, lowp)
-        total = self.trainer.estimated_stepping_batches
+        total = self._stepping_batches()
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, total, per_epoch, self.schedule))

@@ -16,8 +16,10 @@ from cnnlab.engine import tta
 from cnnlab.engine.assemble import Assembled, assemble, chance, per_class_acc
 from cnnlab.engine.callbacks import MetricsCSV, RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import epochs_done
+from cnnlab.engine.signals import StopOnSignal
 from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info, versions
+from cnnlab.errors import Interrupted
 from cnnlab.io import best_metric, epochs_logged, last_checkpoint, new_run_dir, write_json, write_recipe
 from cnnlab.precision import weight_memory
 from cnnlab.recipe import Recipe
@@ -80,7 +82,8 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
     has_val = len(a.data.val.labels) > 0
     ckpt_path = last_checkpoint(resume) if resume is not None else None
     folder = RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
-    trainer = build_trainer(recipe.trainer, folder, [Throughput(), *callbacks], has_val=has_val, progress=progress)
+    trainer = build_trainer(recipe.trainer, folder, [Throughput(), StopOnSignal(), *callbacks], has_val=has_val,
+                            progress=progress)
     per_process_batch(recipe.data.batch_size, trainer.world_size)  # before any folder is made
     data_report = describe(a.data)
     if on_data is not None and launch_rank(trainer) == 0:
@@ -90,7 +93,16 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
         write_json(folder.path / "augment_fit.json", {k: {n: t.tolist() for n, t in v.items()}
                                                       for k, v in a.pipeline.fitted.items()})
     t0 = time.perf_counter()
-    trainer.fit(a.module, datamodule=a.data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(a.module, datamodule=a.data, ckpt_path=ckpt_path)
+    except Interrupted as e:
+        e.resume = f"cnnlab train --resume {folder.path}"
+        if trainer.is_global_zero:  # what was kept, and how to go on
+            write_json(folder.path / "results.json", {
+                "run_dir": str(folder.path), "interrupted": e.record(), "resume": e.resume,
+                "epochs": epochs_logged(folder.path / "metrics.csv"), "seed": recipe.seed, "versions": versions(),
+                "resumed_from": str(ckpt_path) if ckpt_path else None})
+        raise
     wall = time.perf_counter() - t0
     fitted = perf(trainer)
     best = trainer.checkpoint_callback.best_model_path if has_val else ""

@@ -1,0 +1,58 @@
+"""SIGINT and SIGTERM during a fit: the current step finishes, a checkpoint is written at that step
+(checkpoints/last.ckpt, which `--resume` continues from, mid-epoch included), and the run stops
+with `Interrupted`, which the CLI turns into exit 130 or 143 and one line naming the resume
+command. A second signal exits at once; the checkpoint on disk is whole (written atomically)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from cnnlab.errors import Interrupted
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopOnSignal(pl.Callback):
+    """Installed for the fit (in the main thread only, where Python delivers signals). Every process
+    decides together after each training step whether any of them was signalled, so all write the
+    checkpoint (Lightning writes on global rank 0) and stop at the same step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # the second: now, leaving the last whole checkpoint
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.restore()
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        mine = torch.tensor([float(self.signum or 0)], device=module.device)
+        signum = int(trainer.strategy.reduce(mine, reduce_op="max").item()) if trainer.world_size > 1 else int(mine.item())
+        if not signum:
+            return
+        ckpt = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(ckpt)  # every process: Lightning writes on global rank 0
+        self.restore()
+        raise Interrupted(signal.Signals(signum).name, signum, trainer.current_epoch, trainer.global_step, str(ckpt))
