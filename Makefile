@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data demo test test-fast coverage docs bench fast source transfer stacking precision packed clean gpu-bundle gpu-check
+.PHONY: setup data demo test test-fast test-reliability coverage docs bench fast source transfer stacking precision packed clean gpu-bundle gpu-check
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup data
 # the edit loop: everything but the tests marked slow (over ~10 s each)
 test-fast: setup data
 	$(PY) -m pytest -m "not slow"
+
+# every interruption point x loader workers x augmentation x signal, resumed and compared bit for bit
+test-reliability: setup data
+	$(PY) -m pytest -m reliability tests/test_reliability.py
 
 # line coverage of cnnlab/ by the whole suite, in its own run (in-process code only: the CLI runs that
 # tests start as subprocesses are not counted)

@@ -2,6 +2,7 @@
 not at all (a unique temporary name, fsync, rename), metrics.csv appended rather than rewritten,
 and a full disk as one clear line that leaves the last good checkpoint."""
 import csv
+import json
 import multiprocessing
 import os
 import subprocess
@@ -192,7 +193,7 @@ def test_a_run_at_chance_level_says_so_and_is_flagged(cli, with_callback):
               "--set", "schedule.name=constant", "--set", "optim.lr=1e-12")
     assert res.exit_code == 0, res.output
     [run] = cli.runs.iterdir()
-    r = __import__("json").loads((run / "results.json").read_text())
+    r = json.loads((run / "results.json").read_text())
     assert r["chance"] == {"guess_acc": 0.1, "at_chance": r["test_acc"] <= 0.1 + 2 * (0.09 / 300) ** 0.5}
     assert r["chance"]["at_chance"], r["test_acc"]  # an untrained net
     assert "is at chance level (a uniform guess scores 10.00%)" in " ".join(res.output.split())
@@ -203,12 +204,12 @@ def test_a_run_at_chance_level_says_so_and_is_flagged(cli, with_callback):
 HELPERS = Path(__file__).parent / "helpers"
 
 
-def interrupted(tmp_path, signal_name: str, step: int, over: list[str]):
-    """A real `cnnlab train` process that receives `signal_name` while training step `step` runs."""
+def interrupted(tmp_path, signal_name: str, where: str, over: list[str]):
+    """A real `cnnlab train` process that receives `signal_name` at `where` (step:N, val:E, test)."""
     import sys
 
     sets = [a for o in [*over, f"output.dir={tmp_path}"] for a in ("--set", o)]
-    res = subprocess.run([sys.executable, str(HELPERS / "signal_at_step.py"), signal_name, str(step), "train", SMOKE, *sets],
+    res = subprocess.run([sys.executable, str(HELPERS / "signal_at_step.py"), signal_name, where, "train", SMOKE, *sets],
                          capture_output=True, text=True, timeout=300)
     [run] = list(tmp_path.iterdir())
     return res, run
@@ -229,13 +230,13 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_same_weights(tmp_pat
     from cnnlab.engine.run import train
 
     over = ["trainer.max_epochs=3", "data.subset=20", "output.plots=false", *extra]  # 5 steps an epoch
-    res, run = interrupted(tmp_path / "b", signal_name, step, over)
+    res, run = interrupted(tmp_path / "b", signal_name, f"step:{step}", over)
     code = {"SIGINT": 130, "SIGTERM": 143}[signal_name]
     assert res.returncode == code, res.stdout + res.stderr
     said = " ".join(res.stderr.split() + res.stdout.split())
     assert f"interrupted by {signal_name} at step {step + 1} (epoch {(step + 1) // 5})" in said
     assert f"continue with: cnnlab train --resume {run}" in said and "Traceback" not in said
-    r = __import__("json").loads((run / "results.json").read_text())
+    r = json.loads((run / "results.json").read_text())
     assert r["interrupted"] == {"signal": signal_name, "epoch": (step + 1) // 5, "step": step + 1,
                                 "checkpoint": str(run / "checkpoints" / "last.ckpt")}
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 1
@@ -246,3 +247,36 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_same_weights(tmp_pat
     assert resumed["test_acc"] == straight["test_acc"] and "interrupted" not in resumed
     ma, mb = io.epoch_metrics(Path(straight["run_dir"]) / "metrics.csv"), io.epoch_metrics(run / "metrics.csv")
     assert ma["train/loss"] == mb["train/loss"] and ma["val/acc"] == mb["val/acc"]  # the epoch's means came back too
+
+
+# the full matrix (make test-reliability): every point, loader workers 0 and 2, loader and device
+# augmentation, SIGTERM and SIGKILL. A signal during validation stops after the next training step;
+# during the test (training done) the run finishes its last seconds and writes everything; SIGKILL
+# leaves the last checkpoint written (an epoch's end), which --resume continues from.
+LOADER = ["augment.where=loader", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]"]
+DEVICE = ["augment.where=device", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]"]
+MATRIX = [(sig, where, workers, aug) for sig in ("SIGINT", "SIGTERM", "SIGKILL") for where in ("step:7", "val:1", "test")
+          for workers in (0, 2) for aug in ("loader", "device")]
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+@pytest.mark.parametrize("sig,where,workers,aug", MATRIX, ids=["-".join(map(str, m)) for m in MATRIX])
+def test_every_interruption_point_resumes_to_the_same_weights(tmp_path, sig, where, workers, aug):
+    from cnnlab import recipe as rc
+    from cnnlab.engine.run import train
+
+    over = ["trainer.max_epochs=3", "data.subset=20", "output.plots=false", f"data.num_workers={workers}",
+            *(LOADER if aug == "loader" else DEVICE)]
+    res, run = interrupted(tmp_path / "b", sig, where, over)
+    straight = train(rc.load(SMOKE, [*over, f"output.dir={tmp_path / 'a'}"]), progress=False)
+    said = res.stdout + res.stderr
+    assert "Traceback" not in said
+    assert res.returncode == {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9}[sig], said
+    if where == "test" and sig != "SIGKILL":  # training was over: the run completed its last seconds
+        assert "after training had finished" in " ".join(said.split())
+        assert json.loads((run / "results.json").read_text())["test_acc"] == straight["test_acc"]
+    else:
+        train(rc.load(run / "recipe.yaml"), resume=run, progress=False)
+    wa, wb = weights(Path(straight["run_dir"])), weights(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"

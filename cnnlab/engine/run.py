@@ -82,8 +82,18 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
     has_val = len(a.data.val.labels) > 0
     ckpt_path = last_checkpoint(resume) if resume is not None else None
     folder = RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
-    trainer = build_trainer(recipe.trainer, folder, [Throughput(), StopOnSignal(), *callbacks], has_val=has_val,
+    stop = StopOnSignal()
+    trainer = build_trainer(recipe.trainer, folder, [Throughput(), stop, *callbacks], has_val=has_val,
                             progress=progress)
+    try:
+        return _train(recipe, a, trainer, folder, stop, has_val, ckpt_path, progress, resume_overrides, on_data)
+    finally:
+        stop.restore()
+
+
+def _train(recipe: Recipe, a: Assembled, trainer: pl.Trainer, folder: RunFolder, stop: StopOnSignal, has_val: bool,
+           ckpt_path: Path | None, progress: bool, resume_overrides: list[str],
+           on_data: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
     per_process_batch(recipe.data.batch_size, trainer.world_size)  # before any folder is made
     data_report = describe(a.data)
     if on_data is not None and launch_rank(trainer) == 0:
@@ -145,4 +155,7 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
         from cnnlab.report.train import plot_curves
 
         plot_curves(metrics, run_dir / "curves.png", recipe.optim.label_smoothing)
+    late = stop.after_training(trainer.global_step, results["checkpoint"])
+    if late is not None:
+        raise late
     return results

@@ -32,12 +32,36 @@ class StopOnSignal(pl.Callback):
             os._exit(128 + signum)
         self.signum = signum
 
-    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+    def install(self) -> None:
+        """This callback's handlers for SIGINT and SIGTERM, again at each stage: Lightning puts its own
+        SIGTERM handler in place for every fit and test, which would end the process at the next
+        validation or test batch with exit code 0 and no checkpoint."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in SIGNALS:
+            before = signal.signal(s, self._handle)
+            self._previous.setdefault(s, before)
 
-    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.restore()
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.install()
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.install()  # after Lightning has registered its SIGTERM handler for this fit
+
+    def on_test_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.install()
+
+    # kept after the fit: a signal during the test is recorded, the run finishes its last seconds
+    # (test, results, plots) and the caller raises `after_training`; the caller restores the handlers
+
+    def after_training(self, step: int, checkpoint: str) -> Interrupted | None:
+        if self.signum is None:
+            return None
+        name = signal.Signals(self.signum).name
+        e = Interrupted(name, self.signum, -1, step, checkpoint)
+        e.args = (f"interrupted by {name} after training had finished: the test, results.json and plots were "
+                  f"completed first",)
+        return e
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
         self.restore()
