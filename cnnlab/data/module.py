@@ -78,7 +78,11 @@ def stateful_loader() -> type[DataLoader]:
     class EpochLoader(StatefulDataLoader):
         def state_dict(self) -> dict:
             state = super().state_dict()
-            return {} if state.get("_num_yielded", 0) >= len(self) else state
+            # batches handed out: counted at the top with no workers; with workers, as the last
+            # snapshot's step plus the steps since
+            snap = state.get("_snapshot")
+            yielded = state.get("_num_yielded", 0) if snap is None else snap["_snapshot_step"] + state["_steps_since_snapshot"]
+            return {} if state.get("_iterator_finished") or yielded >= len(self) else state
 
         def load_state_dict(self, state: dict) -> None:
             if state:
@@ -321,6 +325,10 @@ class ImageDataModule(pl.LightningDataModule):
         batch = per_process_batch(self.spec.batch_size, processes)
         sampler = (EpochShuffle(len(ds), self.seed, self.spec.batch_size, rank, processes, tag_epoch=transform is not None) if train
                    else Shard(len(ds), rank, processes))
+        if train and trainer is not None:
+            # the epoch a fit resumed at an epoch's end starts in: loader workers draw their first
+            # indices as soon as the fit makes the iterator, before Lightning's set_epoch
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)  # what Lightning will set
         w = self.spec.num_workers
         pin = images.device.type == "cpu" and self._device().type == "cuda"  # then Lightning copies with non_blocking
         # training: a loader with state_dict (torchdata's StatefulDataLoader), so that a checkpoint

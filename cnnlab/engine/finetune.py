@@ -20,10 +20,11 @@ from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import finetune_network
 from cnnlab.engine.module import Classifier
 from cnnlab.engine.run import open_folder, test_fitted
+from cnnlab.engine.signals import StopOnSignal
 from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info
-from cnnlab.errors import UserError
-from cnnlab.io import best_metric, epochs_logged
+from cnnlab.errors import Interrupted, UserError
+from cnnlab.io import best_metric, epochs_logged, write_json
 from cnnlab.recipe import Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, Plan, TransferNet, choose_regime
 from cnnlab.transfer.features import cache_key, cached_features, compute_identity, extract, tap_slices
@@ -162,7 +163,20 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     has_val = len(data.val.labels) > 0
     folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
     schedule = [] if use_cache else [FreezeSchedule(plan, spec.freeze_epochs)]
-    trainer = build_trainer(recipe.trainer, folder, [*schedule, Throughput(), *callbacks], has_val=has_val, progress=progress)
+    stop = StopOnSignal()
+    trainer = build_trainer(recipe.trainer, folder, [*schedule, Throughput(), stop, *callbacks], has_val=has_val,
+                            progress=progress)
+    try:
+        return _fit_regime(recipe, source, data, regime, plan, folder, trainer, has_val, use_cache, solver,
+                           on_start, progress)
+    finally:
+        stop.restore()
+
+
+def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, plan: Plan, folder: RunFolder,
+                trainer: pl.Trainer, has_val: bool, use_cache: bool, solver: bool,
+                on_start: Callable[[], None] | None, progress: bool) -> dict[str, Any] | None:
+    spec, k = recipe.finetune, data.num_classes
     rank0 = launch_rank(trainer) == 0
     if on_start is not None and rank0:
         on_start()
@@ -211,7 +225,13 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
         (folder.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(folder.path / "checkpoints" / "last.ckpt")
     else:
-        trainer.fit(module, datamodule=fit_data)
+        try:
+            trainer.fit(module, datamodule=fit_data)
+        except Interrupted as e:
+            if trainer.is_global_zero:  # what was kept
+                write_json(folder.path / "results.json", {"run_dir": str(folder.path), "regime": regime,
+                                                          "interrupted": e.record()})
+            raise
         fit_s = time.perf_counter() - t1
         fitted = perf(trainer)  # before test, which replaces the trainer's metrics
         best = trainer.checkpoint_callback.best_model_path if has_val else ""
