@@ -249,6 +249,28 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_same_weights(tmp_pat
     assert ma["train/loss"] == mb["train/loss"] and ma["val/acc"] == mb["val/acc"]  # the epoch's means came back too
 
 
+@pytest.mark.slow
+def test_finetune_stopped_by_a_signal_writes_its_checkpoint_and_says_so(tmp_path, smoke_run):
+    import sys
+
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text(f"""data: {{source: fashion-mnist, classes: [7, 8, 9], subset: 40, test_subset: 10, val_split: 0.25, batch_size: 16}}
+finetune: {{backbone: cnnlab, weights: {smoke_run.path}, regime: full}}
+optim: {{name: adamw, lr: 0.01}}
+trainer: {{accelerator: cpu, max_epochs: 3}}
+output: {{dir: {tmp_path / 'runs'}, plots: false}}
+""")
+    res = subprocess.run([sys.executable, str(HELPERS / "signal_at_step.py"), "SIGINT", "step:2", "finetune", str(recipe)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, res.stdout + res.stderr
+    said = " ".join((res.stdout + res.stderr).split())
+    assert "interrupted by SIGINT at step 3 (epoch 0)" in said and "Traceback" not in said
+    [run] = list((tmp_path / "runs").iterdir())
+    r = json.loads((run / "results.json").read_text())
+    assert r["regime"] == "full" and r["interrupted"]["step"] == 3
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
 # the full matrix (make test-reliability): every point, loader workers 0 and 2, loader and device
 # augmentation, SIGTERM and SIGKILL. A signal during validation stops after the next training step;
 # during the test (training done) the run finishes its last seconds and writes everything; SIGKILL

@@ -7,6 +7,7 @@ import sys
 
 import pytorch_lightning as pl
 
+import cnnlab.engine.finetune as finetune
 import cnnlab.engine.run as run
 
 SIG = signal.Signals[sys.argv[1]]
@@ -36,7 +37,8 @@ class SignalAt(pl.Callback):
 
 
 build = run.build_trainer
-run.build_trainer = lambda spec, folder=None, callbacks=(), **kw: build(spec, folder, [*callbacks, SignalAt()], **kw)
+for m in (run, finetune):  # train's runs and finetune's
+    m.build_trainer = lambda spec, folder=None, callbacks=(), **kw: build(spec, folder, [*callbacks, SignalAt()], **kw)
 
 if __name__ == "__main__":
     from cnnlab.cli import main
