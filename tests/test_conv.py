@@ -333,6 +333,17 @@ def test_fft_transform_sizes_are_the_next_5_smooth_number():
         assert five_smooth(smooth(n)) and not any(five_smooth(m) for m in range(n, smooth(n)))
 
 
+def test_bench_conv_tf32_flag_runs_and_is_recorded(cli):
+    import json
+
+    res = cli("bench-conv", "--shape", "1,2,8,8,2,3", "--repeats", "1", "--tf32", "--out", str(cli.runs))
+    assert res.exit_code == 0, res.output
+    [run] = cli.runs.iterdir()
+    r = json.loads((run / "bench_conv.json").read_text())
+    assert r["tf32"] is None and r["device"] == "cpu"  # a CUDA setting: none on the CPU
+    assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is False  # restored
+
+
 def test_bench_conv_refuses_a_device_that_is_not_here_before_any_folder(monkeypatch, tmp_path):
     from cnnlab.errors import UserError
     from cnnlab.tasks import bench_conv

@@ -1,6 +1,7 @@
 """The LightningDataModule: whole splits held as uint8 tensors, batches cut by index."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -64,6 +65,7 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     return batch_size // processes
 
 
+@functools.lru_cache(maxsize=None)
 def stateful_loader() -> type[DataLoader]:
     """torchdata's StatefulDataLoader, whose state after an epoch's last batch is a fresh start: a
     checkpoint at an epoch's end resumes at the next epoch's first batch (its own state would have
