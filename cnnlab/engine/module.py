@@ -153,8 +153,10 @@ class Classifier(pl.LightningModule):
         # loss that is not finite on one rank alone (checked without its gradients under a scaler)
         # would otherwise have that rank save and wait at a barrier while the others enter the next
         # all-reduce
-        flags = torch.tensor([float(what is not None), float(high)], device=self.device)
-        nonfinite, high = (bool(f) for f in self.trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+        nonfinite = what is not None
+        if self.trainer.world_size > 1:  # one small all-reduce; a single process decides alone
+            flags = torch.tensor([float(nonfinite), float(high)], device=self.device)
+            nonfinite, high = (bool(f) for f in self.trainer.strategy.reduce(flags, reduce_op="sum").tolist())
         if not nonfinite and not high:
             self._high = 0
             return

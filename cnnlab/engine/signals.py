@@ -72,8 +72,10 @@ class StopOnSignal(pl.Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        mine = torch.tensor([float(self.signum or 0)], device=module.device)
-        signum = int(trainer.strategy.reduce(mine, reduce_op="max").item()) if trainer.world_size > 1 else int(mine.item())
+        signum = self.signum or 0
+        if trainer.world_size > 1:  # any process signalled: all stop here (one process needs no device round trip)
+            mine = torch.tensor([float(signum)], device=module.device)
+            signum = int(trainer.strategy.reduce(mine, reduce_op="max").item())
         if not signum:
             return
         ckpt = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
