@@ -131,14 +131,24 @@ def augment(
 @app.command()
 @user_errors
 def finetune(
-    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML file(s) with a finetune: section.")],
+    recipes: Annotated[Optional[list[Path]], typer.Argument(help="Recipe YAML file(s) with a finetune: section.")] = None,
     regime: Annotated[Optional[str], typer.Option(help="Override finetune.regime: linear, top, stages, full, scratch, auto.")] = None,
     sweep: Annotated[bool, typer.Option("--sweep", help="Every regime at every finetune.sweep size; with several recipes, one row each of the similar/different x little/lots table.")] = False,
     set_: Overrides = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a stopped finetune run folder from its checkpoints/last.ckpt.")] = None,
 ) -> None:
     """Transfer learning: a pretrained backbone, a fresh linear head, and a regime that says what trains."""
     from cnnlab import recipe as rc
 
+    if resume is not None:
+        if recipes or sweep or regime:
+            raise UserError("--resume RUN_DIR continues a run with its own recipe.yaml and regime: give no RECIPE, "
+                            "--regime or --sweep with it")
+        recipes = [Path(resume) / "recipe.yaml"]
+        if not recipes[0].is_file():
+            raise UserError(f"--resume: {resume} is not a run folder (no recipe.yaml)")
+    if not recipes:
+        raise UserError("missing RECIPE: cnnlab finetune recipes/transfer_similar.yaml (or --resume RUN_DIR)")
     over = list(set_ or []) + ([f"finetune.regime={regime}"] if regime else [])
     loaded = [(Path(p).stem, rc.load(p, over, preflight=True)) for p in recipes]
     if len(loaded) > 1 and not sweep:
@@ -153,7 +163,10 @@ def finetune(
     if sweep:
         sweep_summary(task.sweep(loaded))
         return
-    results = task.run(loaded[0][1], on_data=data_summary)
+    r = loaded[0][1]
+    if resume is not None:
+        r.output.name = Path(resume).name
+    results = task.run(r, on_data=data_summary, resume=resume, resume_overrides=set_ or [])
     if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
         finetune_summary(results)
 

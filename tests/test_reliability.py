@@ -250,7 +250,7 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_same_weights(tmp_pat
 
 
 @pytest.mark.slow
-def test_finetune_stopped_by_a_signal_writes_its_checkpoint_and_says_so(tmp_path, smoke_run):
+def test_finetune_stopped_by_a_signal_resumes_to_the_same_weights(tmp_path, smoke_run, cli):
     import sys
 
     recipe = tmp_path / "ft.yaml"
@@ -269,6 +269,20 @@ output: {{dir: {tmp_path / 'runs'}, plots: false}}
     r = json.loads((run / "results.json").read_text())
     assert r["regime"] == "full" and r["interrupted"]["step"] == 3
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert f"continue with: cnnlab finetune --resume {run}" in said
+    bad = cli("finetune", "--resume", str(run), "--set", "optim.lr=0.1")  # would change the recorded run
+    assert bad.exit_code == 2 and "--resume continues the run as recorded" in bad.output
+    res = cli("finetune", "--resume", str(run))
+    assert res.exit_code == 0, res.output
+    resumed = json.loads((run / "results.json").read_text())
+    assert "interrupted" not in resumed and resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    from cnnlab import recipe as rc
+    from cnnlab.tasks import finetune
+
+    straight = finetune.run(rc.load(recipe, [f"output.dir={tmp_path / 'straight'}"]), progress=False)
+    wa, wb = weights(Path(straight["run_dir"])), weights(run)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
+    assert resumed["test_acc"] == straight["test_acc"] and resumed["epochs"] == straight["epochs"] == 3
 
 
 # the full matrix (make test-reliability): every point, loader workers 0 and 2, loader and device

@@ -18,6 +18,19 @@ from cnnlab.recipe import Recipe, load as load_recipe
 from cnnlab.transfer import BACKBONES, TransferNet
 
 
+# A resumed run continues the recorded one: these keys only say where it runs, not what it computes.
+RESUME_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.strategy", "data.num_workers")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """`--set` on `--resume` (train and finetune): only keys that leave the computation as recorded."""
+    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUME_KEYS]
+    if bad:
+        raise UserError(f"--resume continues the run as recorded in its recipe.yaml; --set {bad[0]} would change it "
+                        f"(max_epochs, for one, reshapes the learning-rate schedule): start a new run instead. "
+                        f"On resume --set takes only {', '.join(RESUME_KEYS)}")
+
+
 def epochs_done(ckpt_path: Path) -> int:
     """Training epochs a checkpoint has completed (where a resumed run starts)."""
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)

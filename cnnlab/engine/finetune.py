@@ -17,14 +17,14 @@ from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
 from cnnlab.engine.assemble import augmentation, chance, module_args, per_class_acc
 from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
-from cnnlab.engine.checkpoint import finetune_network
+from cnnlab.engine.checkpoint import epochs_done, finetune_network
 from cnnlab.engine.module import Classifier
 from cnnlab.engine.run import open_folder, test_fitted
 from cnnlab.engine.signals import StopOnSignal
 from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info
 from cnnlab.errors import Interrupted, UserError
-from cnnlab.io import best_metric, epochs_logged, write_json
+from cnnlab.io import best_metric, epochs_logged, last_checkpoint, write_json
 from cnnlab.recipe import Recipe
 from cnnlab.transfer import BACKBONES, REGIMES, Backbone, Plan, TransferNet, choose_regime
 from cnnlab.transfer.features import cache_key, cached_features, compute_identity, extract, tap_slices
@@ -147,10 +147,11 @@ def on_features(recipe: Recipe, plan: Plan) -> bool:
 
 def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, folder: RunFolder | Path,
                progress: bool = True, callbacks: list[pl.Callback] = (),
-               on_start: Callable[[], None] | None = None) -> dict[str, Any] | None:
+               on_start: Callable[[], None] | None = None, resume: Path | None = None) -> dict[str, Any] | None:
     """Train one regime and test it; returns its results (also the module, under '_module') on
     global rank 0, None on the other processes of a data-parallel run. `folder` is the run folder,
-    or a RunFolder that global rank 0 makes (then `on_start` runs there first).
+    or a RunFolder that global rank 0 makes (then `on_start` runs there first); with `resume`, the
+    run folder whose checkpoints/last.ckpt the fit continues from (mid-epoch included).
     `recipe.finetune` decides the regime's parameters; `source` only supplies the backbone."""
     spec = recipe.finetune
     plan: Plan = REGIMES.get(regime)(len(source.backbone.stages), spec)
@@ -161,6 +162,13 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     use_cache = on_features(recipe, plan)
     solver = use_cache and spec.probe == "solver"  # the head is solved, not trained
     has_val = len(data.val.labels) > 0
+    ckpt_path = last_checkpoint(resume) if resume is not None else None
+    if ckpt_path is not None:
+        if solver:
+            raise UserError(f"--resume: regime {regime} solves its head exactly (finetune.probe: solver); "
+                            "there is no training to continue, start a new run")
+        folder = folder if isinstance(folder, RunFolder) else RunFolder()
+        folder.path, folder.keep_epochs_before = Path(resume), epochs_done(ckpt_path)
     folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
     schedule = [] if use_cache else [FreezeSchedule(plan, spec.freeze_epochs)]
     stop = StopOnSignal()
@@ -168,14 +176,14 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
                             progress=progress)
     try:
         return _fit_regime(recipe, source, data, regime, plan, folder, trainer, has_val, use_cache, solver,
-                           on_start, progress)
+                           on_start, progress, ckpt_path)
     finally:
         stop.restore()
 
 
 def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: str, plan: Plan, folder: RunFolder,
                 trainer: pl.Trainer, has_val: bool, use_cache: bool, solver: bool,
-                on_start: Callable[[], None] | None, progress: bool) -> dict[str, Any] | None:
+                on_start: Callable[[], None] | None, progress: bool, ckpt_path: Path | None) -> dict[str, Any] | None:
     spec, k = recipe.finetune, data.num_classes
     rank0 = launch_rank(trainer) == 0
     if on_start is not None and rank0:
@@ -226,11 +234,14 @@ def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: s
         trainer.save_checkpoint(folder.path / "checkpoints" / "last.ckpt")
     else:
         try:
-            trainer.fit(module, datamodule=fit_data)
+            trainer.fit(module, datamodule=fit_data, ckpt_path=ckpt_path)
         except Interrupted as e:
-            if trainer.is_global_zero:  # what was kept
-                write_json(folder.path / "results.json", {"run_dir": str(folder.path), "regime": regime,
-                                                          "interrupted": e.record()})
+            e.resume = f"cnnlab finetune --resume {folder.path}"
+            if trainer.is_global_zero:  # what was kept, and how to go on
+                write_json(folder.path / "results.json", {
+                    "run_dir": str(folder.path), "regime": regime, "interrupted": e.record(), "resume": e.resume,
+                    "epochs": epochs_logged(folder.path / "metrics.csv"), "seed": recipe.seed,
+                    "resumed_from": str(ckpt_path) if ckpt_path else None})
             raise
         fit_s = time.perf_counter() - t1
         fitted = perf(trainer)  # before test, which replaces the trainer's metrics
@@ -263,6 +274,7 @@ def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: s
         "per_class_acc": per_class_acc(tested, data.test.classes),
         "device": device_info(trainer),
         "checkpoint": best or str(folder.path / "checkpoints" / "last.ckpt"),
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
         "_module": module,
         "_probe": probe,
     }

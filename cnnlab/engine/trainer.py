@@ -37,8 +37,11 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     # last.ckpt on its own callback: Lightning's save_last only writes when a top-k checkpoint is
     # written, so after an epoch that did not improve val/acc it would be stale (and resume lose epochs)
-    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1)
-    best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1)] if has_val else []
+    # written over in place (atomically), never as last-v1.ckpt: a fit stopped by a signal before its
+    # first epoch ended left a last.ckpt this callback did not write, and --resume reads last.ckpt
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1,
+                            enable_version_counter=False)] if has_val else []
     cbs: list[pl.Callback] = [folder, *best, last, *callbacks, *bar]  # trainer.checkpoint_callback: the first
     args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0}
     return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,

@@ -2,13 +2,16 @@
 data size (the lecture's similar/different x little/lots table), written to a run folder."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab.data.module import describe
 from cnnlab.engine.assemble import processes, require_one_process
 from cnnlab.engine.callbacks import RunFolder
+from cnnlab.engine.checkpoint import check_resume_overrides
 from cnnlab.engine.finetune import Source, fit_regime, load_data, load_source, on_features, resolve
 from cnnlab.env import versions
 from cnnlab.errors import UserError
@@ -47,21 +50,42 @@ def check_processes(recipe: Recipe, source: Source, regime: str) -> None:
                         "or scratch")
 
 
+def resumed_regime(run_dir: Path) -> str | None:
+    """The regime a stopped finetune run was training (`auto` already resolved), from the record its
+    stop left in results.json; None when the folder has no such record."""
+    try:
+        record = json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    regime = record.get("regime") if isinstance(record, dict) else None
+    return regime if isinstance(regime, str) and regime in REGIMES.names() else None
+
+
 def run(recipe: Recipe, regime: str | None = None, progress: bool = True,
-        on_data: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        on_data: Callable[[dict[str, Any]], None] | None = None, resume: Path | None = None,
+        resume_overrides: list[str] = ()) -> dict[str, Any] | None:
     """Fine-tune with one regime (the recipe's, or `regime`); writes the run folder, returns results
     on global rank 0 (None on the other processes of a data-parallel run, which write nothing).
-    `on_data` gets the data report once the data is loaded and checked (on global rank 0)."""
+    With `resume` (a run folder, `recipe` its recipe.yaml), the stopped fit continues from its
+    last checkpoint with the regime it was training. `on_data` gets the data report once the data
+    is loaded and checked (on global rank 0)."""
+    if resume is not None:
+        check_resume_overrides(list(resume_overrides))
+        regime = resumed_regime(resume) or regime
     source = load_source(recipe)
     asked = regime or source.spec.regime
+    if resume is not None and asked == "auto":
+        raise UserError(f"--resume: {resume}/results.json does not say which regime auto chose; start a new run")
     check_processes(recipe, source, asked)
     data = load_data(recipe, source)
     chosen, why, sim = resolve(asked, recipe, source, data)
+    if resume is not None:
+        why = f"continued from {resume}'s last checkpoint, the regime it was training"
     data_report = describe(data)
     folder = RunFolder()
     t0 = time.perf_counter()
     r = fit_regime(recipe, source, data, chosen, folder, progress,
-                   on_start=(lambda: on_data(data_report)) if on_data is not None else None)
+                   on_start=(lambda: on_data(data_report)) if on_data is not None else None, resume=resume)
     if r is None:
         return None
     results = {"run_dir": str(folder.path), **_meta(recipe, source), "asked": asked,

@@ -5,20 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from cnnlab.engine.checkpoint import check_resume_overrides
 from cnnlab.engine.run import train
-from cnnlab.errors import UserError
 from cnnlab.recipe import Recipe
-
-# A resumed run continues the recorded one: these keys only say where it runs, not what it computes.
-RESUME_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.strategy", "data.num_workers")
-
-
-def check_resume_overrides(overrides: list[str]) -> None:
-    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUME_KEYS]
-    if bad:
-        raise UserError(f"--resume continues the run as recorded in its recipe.yaml; --set {bad[0]} would change it "
-                        f"(max_epochs, for one, reshapes the learning-rate schedule): start a new run instead. "
-                        f"On resume --set takes only {', '.join(RESUME_KEYS)}")
 
 
 def run(recipe: Recipe, resume: Path | None = None, progress: bool = True, resume_overrides: list[str] = (),
