@@ -78,7 +78,12 @@ def train(
         from cnnlab.report.sweep import sweep_run, train_sweep_table
         from cnnlab.tasks import sweep as sweep_task
 
-        train_sweep_table(sweep_task.run(r, on_run=sweep_run))
+        try:
+            train_sweep_table(sweep_task.run(r, on_run=sweep_run))
+        except Interrupted as e:  # the table of the runs finished, then the one line
+            if e.partial and e.partial["rows"]:
+                train_sweep_table(e.partial)
+            raise
         return
     from cnnlab.report.data import data_summary
     from cnnlab.report.train import train_summary

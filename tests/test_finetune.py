@@ -399,6 +399,31 @@ def test_feature_cache_hit_miss_and_invalidation(source_run, tmp_path):
     r32.data.image_size = 32
     _, hit = cached_features(source.backbone, splits, cache_key(source.backbone, r32.data, r.seed, 32), str(cache), 16, evaluator("cpu", progress=False))
     assert not hit and len(list(cache.iterdir())) == 2
+    # a damaged or hostile cache file is a miss, computed again and written over whole
+    [cached] = [p for p in cache.iterdir() if p.name == f"{key}.pt"]
+    good = cached.read_bytes()
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import os
+    import pickle
+
+    for junk in (good[: len(good) // 2], b"not a cache", pickle.dumps({"key": key, "train": Shell()}),
+                 _saved({"key": key, "train": torch.zeros(3)})):
+        cached.write_bytes(junk)
+        again, hit = cached_features(source.backbone, splits, key, str(cache), 16, evaluator("cpu", progress=False))
+        assert not hit and torch.equal(again["train"], first["train"]) and cached.read_bytes() != junk
+        assert not (tmp_path / "pwned").exists()
+
+
+def _saved(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def _perturbed(source_run) -> bytes:

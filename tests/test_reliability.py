@@ -316,3 +316,137 @@ def test_every_interruption_point_resumes_to_the_same_weights(tmp_path, sig, whe
         train(rc.load(run / "recipe.yaml"), resume=run, progress=False)
     wa, wb = weights(Path(straight["run_dir"])), weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
+
+
+# --------------------------------------------------------------------------- the other long commands
+
+@pytest.fixture
+def signal_in_fit(monkeypatch):
+    """`arm(signal, step, fit)`: this process sends itself `signal` as training step `step` of its
+    `fit`-th fit begins (a real signal, delivered to cnnlab's handler in this process)."""
+    import os
+    import signal as signals
+
+    import pytorch_lightning as pl
+
+    import cnnlab.engine.finetune as finetune
+    import cnnlab.engine.run as run
+
+    fits = []
+
+    class At(pl.Callback):
+        def __init__(self, sig, step, fit):
+            self.sig, self.step, self.fit = sig, step, fit
+
+        def on_fit_start(self, trainer, module):
+            fits.append(1)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if len(fits) == self.fit and trainer.global_step == self.step:
+                self.fit = -1
+                os.kill(os.getpid(), getattr(signals, self.sig))
+
+    def arm(sig: str, step: int, fit: int) -> None:
+        at = At(sig, step, fit)
+        build = run.build_trainer
+        for m in (run, finetune):
+            monkeypatch.setattr(m, "build_trainer", lambda spec, folder=None, callbacks=(), **kw: build(
+                spec, folder, [*callbacks, at], **kw))
+
+    return arm
+
+
+TINY = ["data.subset=10", "data.test_subset=5", "trainer.max_epochs=1", "output.plots=false"]
+
+
+def test_a_sweep_stopped_by_a_signal_keeps_the_runs_it_finished_as_a_marked_table(cli, signal_in_fit):
+    recipe = cli.cwd / "sweep.yaml"
+    recipe.write_text((RECIPES / "smoke.yaml").read_text() + "sweep: {seeds: [0], variants: {base: [], wide: ['model.widths=[24, 32, 32]'], deep: ['model.depth=2']}}\n")
+    signal_in_fit("SIGINT", 1, 2)  # during the second run
+    res = cli("train", str(recipe), "--sweep", *[a for o in [*TINY, f"output.dir={cli.runs}"] for a in ("--set", o)])
+    assert res.exit_code == 130, res.output
+    said = " ".join(res.output.split())
+    assert "interrupted by SIGINT: 1 of 3 runs finished and kept" in said and "(marked interrupted)" in said
+    assert "the run in progress stopped at step 2" in said and "Traceback" not in said
+    [sweep] = cli.runs.iterdir()
+    s = json.loads((sweep / "sweep.json").read_text())
+    assert [r["variant"] for r in s["rows"]] == ["base"] and s["rows"][0]["runs"] == 1
+    assert s["interrupted"]["signal"] == "SIGINT" and (s["interrupted"]["runs_done"], s["interrupted"]["runs_planned"]) == (1, 3)
+    assert "base" in said.split("variant")[-1]  # the partial table was printed before the line
+
+
+def test_an_ablation_stopped_by_a_signal_keeps_a_marked_partial_table(cli, signal_in_fit):
+    signal_in_fit("SIGTERM", 0, 3)  # the third of none, shift, all: two finished
+    over = [*TINY, f"output.dir={cli.runs}", "augment.ops=[{name: shift, max_px: 2}]"]
+    res = cli("augment", SMOKE, "--ablate", *[a for o in over for a in ("--set", o)])
+    assert res.exit_code == 143, res.output
+    said = " ".join(res.output.split())
+    assert "interrupted by SIGTERM: 2 of 3 ablation runs finished and kept" in said and "Traceback" not in said
+    [run] = cli.runs.iterdir()
+    r = json.loads((run / "results.json").read_text())
+    assert [v["variant"] for v in r["ablation"]["variants"]] == ["none", "shift"] and r["interrupted"]["signal"] == "SIGTERM"
+    assert not (run / "ablation.png").exists()
+
+
+def test_bench_conv_training_stopped_by_a_signal_keeps_the_rows_it_measured(cli, signal_in_fit):
+    signal_in_fit("SIGINT", 0, 2)
+    over = [*TINY, f"output.dir={cli.runs}", "model.widths=[8, 8, 8]"]
+    res = cli("bench-conv", "--shape", "1,4,16,16,4,3", "--repeats", "1", "--stacking", "--train", "--out", str(cli.runs),
+              *[a for o in over for a in ("--set", o)])
+    assert res.exit_code == 130, res.output
+    said = " ".join(res.output.split())
+    assert "interrupted by SIGINT: 1 of 3 stacking runs kept in" in said and "Traceback" not in said
+    [run] = [p for p in cli.runs.iterdir() if p.name.startswith("bench-conv")]
+    r = json.loads((run / "bench_conv.json").read_text())
+    assert r["interrupted"]["signal"] == "SIGINT" and len(r["stacking_train"]) == 1 and r["rows"] and r["stacking"]
+
+
+def test_pack_stopped_by_sigterm_mid_write_leaves_no_file_and_no_temporary(tmp_path):
+    import sys
+
+    out = tmp_path / "d.cnnpack"
+    res = subprocess.run([sys.executable, str(HELPERS / "signal_at_step.py"), "SIGTERM", "call:cnnlab.pack.format:_pad:2",
+                          "pack", "digits", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 143, res.stdout + res.stderr
+    said = " ".join((res.stdout + res.stderr).split())
+    assert f"interrupted by SIGTERM: nothing was written at {out} and no temporary file is left" in said
+    assert "Traceback" not in said and list(tmp_path.iterdir()) == []
+
+
+def test_bench_data_stopped_by_a_signal_removes_its_scratch_files_and_says_so(cli, monkeypatch):
+    import os
+    import signal as signals
+
+    from cnnlab.bench import data as b
+
+    once = b.gather_pass
+
+    def gather_then_signal(*a, **kw):
+        os.kill(os.getpid(), signals.SIGINT)
+        return once(*a, **kw)
+
+    monkeypatch.setattr(b, "gather_pass", gather_then_signal)
+    res = cli("bench-data", SMOKE, "--limit", "40", "--repeats", "1", "--workers", "0", "--out", str(cli.runs))
+    assert res.exit_code == 130, res.output
+    said = " ".join(res.output.split())
+    assert "interrupted by SIGINT: nothing was measured to the end" in said and "Traceback" not in said
+    [run] = cli.runs.iterdir()
+    assert sorted(p.name for p in run.iterdir()) == ["bench_data.json"]
+    assert json.loads((run / "bench_data.json").read_text())["interrupted"]["signal"] == "SIGINT"
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_eight_real_cnnlab_train_processes_started_at_once_into_one_folder_all_succeed(tmp_path):
+    """8 whole `cnnlab train` processes into one output.dir, started together (most claim their
+    folder in the same second): 8 exit codes of 0 and 8 complete run folders."""
+    import sys
+
+    over = [*TINY, f"output.dir={tmp_path}", "output.name=race", "data.val_split=0"]
+    cmd = [sys.executable, "-m", "cnnlab", "train", SMOKE, *[a for o in over for a in ("--set", o)]]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, "\n".join(o[-500:] for o in outs)
+    runs = sorted(tmp_path.iterdir())
+    assert len(runs) == 8 and all((r / "results.json").is_file() and (r / "checkpoints" / "last.ckpt").is_file() for r in runs)
+    assert len({json.loads((r / "results.json").read_text())["run_dir"] for r in runs}) == 8

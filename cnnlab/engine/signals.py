@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -82,3 +83,26 @@ class StopOnSignal(pl.Callback):
         trainer.save_checkpoint(ckpt)  # every process: Lightning writes on global rank 0
         self.restore()
         raise Interrupted(signal.Signals(signum).name, signum, trainer.current_epoch, trainer.global_step, str(ckpt))
+
+
+@contextmanager
+def interruptible(what: str) -> Iterator[None]:
+    """For a command's whole run (pack, the benches, sweeps and ablations): SIGINT or SIGTERM raises
+    `Interrupted` where the program is, so that files being written are removed (cnnlab writes under
+    temporary names) and the command can keep what it finished; without it SIGTERM would end the
+    process on the spot, leaving its temporary files. A fit inside puts its own handler in place
+    (StopOnSignal: it stops after the step) and puts this one back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        signal.signal(signum, lambda s, f: os._exit(128 + s))  # a second signal: now
+        raise Interrupted(signal.Signals(signum).name, signum, what=what)
+
+    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

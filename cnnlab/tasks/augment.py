@@ -16,7 +16,8 @@ from cnnlab.bench.augment import bench
 from cnnlab.data import ImageDataModule
 from cnnlab.engine.assemble import require_one_process
 from cnnlab.engine.run import train
-from cnnlab.errors import UserError
+from cnnlab.engine.signals import interruptible
+from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json, write_recipe
 from cnnlab.recipe import Recipe, validate
 
@@ -77,12 +78,21 @@ def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True)
     base = recipe.dump()
     seed_list = [recipe.seed + k for k in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {}
-    for name, ops in ablation_variants(base["augment"]["ops"]):
-        for seed in seed_list:
-            raw = copy.deepcopy(base)
-            raw["augment"]["ops"], raw["seed"] = ops, seed
-            raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
-            runs.setdefault(name, []).append(train(validate(raw, f"ablation variant {name}"), progress=progress))
+    variants = ablation_variants(base["augment"]["ops"])
+    try:
+        for name, ops in variants:
+            for seed in seed_list:
+                raw = copy.deepcopy(base)
+                raw["augment"]["ops"], raw["seed"] = ops, seed
+                raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
+                r = validate(raw, f"ablation variant {name}")
+                runs.setdefault(name, []).append(train(r, progress=progress))
+    except Interrupted as e:  # the runs finished so far make the table
+        e.partial = {"variants": summarise_ablation({k: v for k, v in runs.items() if v}),
+                     "epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset, "seeds": seed_list,
+                     "interrupted": {**e.record(), "runs_done": sum(map(len, runs.values())),
+                                     "runs_planned": len(variants) * len(seed_list)}}
+        raise
     return {"variants": summarise_ablation(runs), "epochs": recipe.trainer.max_epochs,
             "images_per_class": recipe.data.subset, "seeds": seed_list}
 
@@ -97,6 +107,8 @@ def summarise_ablation(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
         rows.append({"variant": name, "test_acc": statistics.mean(accs),
                      "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_accs": accs,
                      "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs), "run_dirs": [r["run_dir"] for r in rs]})
+    if not rows:  # stopped before the first run finished
+        return rows
     none = rows[0]["test_accs"]
     for row in rows:
         row["gain_vs_none"] = statistics.mean(a - b for a, b in zip(row["test_accs"], none))
@@ -121,7 +133,15 @@ def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, abla
     if b is not None:
         results["bench"] = b
     if ablate_seeds:
-        results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress)
+        try:
+            with interruptible("ablating"):
+                results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress)
+        except Interrupted as e:
+            results.update(ablation=e.partial, interrupted=e.partial["interrupted"])
+            write_json(run_dir / "results.json", results)
+            i = e.partial["interrupted"]
+            raise e.kept(f"{i['runs_done']} of {i['runs_planned']} ablation runs finished and kept; the partial "
+                         f"table is in {run_dir / 'results.json'} (marked interrupted)")
         plot_ablation(a, run_dir / "ablation.png")
         results["ablation_plot"] = str(run_dir / "ablation.png")
     write_json(run_dir / "results.json", results)

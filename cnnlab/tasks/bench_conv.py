@@ -14,7 +14,8 @@ from cnnlab.bench.stacking import compare
 from cnnlab.engine.assemble import require_one_process
 from cnnlab.engine.run import train
 from cnnlab.env import versions
-from cnnlab.errors import UserError
+from cnnlab.engine.signals import interruptible
+from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json
 from cnnlab.models import MODELS, build_model
 from cnnlab.models.stacked import BLOCKS
@@ -72,9 +73,11 @@ def stacking_recipes(recipe: Path | None, overrides: list[str]) -> list[tuple[st
     return out
 
 
-def train_blocks(recipes: list[tuple[str, Recipe]], folder: Path, progress: bool) -> list[dict[str, Any]]:
-    """`cnnlab train` of each vgg-<block> into `folder`; accuracy, size and speed side by side."""
-    rows = []
+def train_blocks(recipes: list[tuple[str, Recipe]], folder: Path, progress: bool,
+                 rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """`cnnlab train` of each vgg-<block> into `folder`; accuracy, size and speed side by side (each
+    row appended to `rows` as its run finishes)."""
+    rows = [] if rows is None else rows
     for block, r in recipes:
         r.output.dir, r.output.name = str(folder), f"train-{block}"
         res = train(r, progress=progress)
@@ -128,17 +131,25 @@ def run(shape: str | None = None, stacking: bool = False, repeats: int = 5, devi
     shapes = [] if model else [parse_shape(shape)] if shape else SWEEP
     trained = stacking_recipes(recipe, list(overrides)) if train else []
     folder = new_run_dir(out_dir, "bench-conv")
-    with tf32(allow_tf32):
-        results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
-                                   "tf32": allow_tf32 if device != "cpu" else None,  # a CUDA setting only
-                                   "rows": [r for s in shapes for r in bench_shape(s, repeats=repeats, device=device)],
-                                   "torch_threads": torch.get_num_threads(), "versions": versions()}
-        if net is not None:
-            results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
-        if stacking:
-            results["stacking"] = compare(repeats=repeats, device=device)
-    if trained:
-        results["stacking_train"] = train_blocks(trained, folder, progress)
+    results: dict[str, Any] = {"run_dir": str(folder), "device": device, "repeats": repeats,
+                               "tf32": allow_tf32 if device != "cpu" else None,  # a CUDA setting only
+                               "rows": [], "torch_threads": torch.get_num_threads(), "versions": versions()}
+    try:
+        with interruptible("benchmarking convolutions"), tf32(allow_tf32):
+            for s in shapes:
+                results["rows"] += bench_shape(s, repeats=repeats, device=device)
+            if net is not None:
+                results["model"] = {"name": model, **bench_model(net, in_shape, repeats=repeats, device=device)}
+            if stacking:
+                results["stacking"] = compare(repeats=repeats, device=device)
+            if trained:
+                train_blocks(trained, folder, progress, results.setdefault("stacking_train", []))
+    except Interrupted as e:  # what was measured or trained so far, marked
+        results["interrupted"] = e.record()
+        write_json(folder / "bench_conv.json", results)
+        kept = (f"{len(results.get('stacking_train', []))} of {len(trained)} stacking runs" if "stacking_train" in results
+                else f"{len(results['rows'])} timed rows")
+        raise e.kept(f"{kept} kept in {folder / 'bench_conv.json'} (marked interrupted)")
     write_json(folder / "bench_conv.json", results)
     from cnnlab.report.bench_conv import plot_bench_conv
 

@@ -13,7 +13,8 @@ import torch
 from cnnlab.bench.timing import interleaved, ratio
 from cnnlab.data.images import workers as cpu_workers
 from cnnlab.env import cpu_name, versions
-from cnnlab.errors import UserError
+from cnnlab.engine.signals import interruptible
+from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json
 from cnnlab.recipe import Recipe
 
@@ -44,10 +45,7 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
     if repeats < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--repeats and --limit must be at least 1, --workers at least 0")
     # the data module and the readers load Lightning (seconds): after the flags are checked
-    from cnnlab import pack
-    from cnnlab.bench import data as b
     from cnnlab.data import ImageDataModule
-    from cnnlab.data.module import channel_stats
 
     on_step("loading the recipe's training images")
     dm = ImageDataModule(recipe.data, seed=recipe.seed)
@@ -61,46 +59,14 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
     scratch.mkdir()
     png = Path(export_folder) if export_folder else scratch / "png"
     try:
-        on_step(f"exporting {n:,} images as PNG files to {png}")
-        exported = b.export_pngs(images, labels, png)
-        packed_path = scratch / "train.cnnpack"
-        mean, std = channel_stats(images)
-        on_step(f"packing {n:,} images into {packed_path}")
-        pack.write(packed_path, {"train": pack.SplitData(images, labels, mean=mean.tolist(), std=std.tolist())},
-                   {"source": recipe.data.source, "classes": dm.train.classes})
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(recipe.seed))
-        batches = list(order.split(batch))
-        pngs = [p for p in png.rglob("*.png")]
-        drop_how: list[str] = []
-        before = {k: (lambda paths=pngs if k.startswith("png") else [packed_path]: drop_how.append(b.drop_cache(paths)))
-                  for k, _, _, cache in METHODS if cache == "cold"}
-        loader = lambda x, y: b.one_pass(b.tensor_loader(x, y, order, batch))  # noqa: E731
-        gather = lambda x, y: b.gather_pass(x, batches)  # noqa: E731
-        png_pass = lambda: b.one_pass(b.png_loader(png, order, batch, workers, images.shape[1]))  # noqa: E731
-        memory = images.clone()  # its own copy, not the module's (the same bytes, in RAM)
-        fns = {"png-cold": png_pass, "png-warm": png_pass,
-               "packed-loader-cold": b.packed(packed_path, loader), "packed-loader-warm": b.packed(packed_path, loader),
-               "packed-gather-cold": b.packed(packed_path, gather), "packed-gather-warm": b.packed(packed_path, gather),
-               "packed-gather-hot": b.packed(packed_path, gather, passes=2),
-               "memory-loader": lambda: loader(memory, labels), "memory-gather": lambda: gather(memory, labels),
-               "memcpy": lambda: (b.memcpy_pass(memory, batch), None)}
-        firsts: dict[str, torch.Tensor] = {}
-
-        def timed(key: str) -> Callable[[], float]:
-            def f() -> float:
-                secs, first = fns[key]()
-                if first is not None:
-                    firsts[key] = first
-                return secs
-            return f
-
-        times = interleaved({k: timed(k) for k in fns}, repeats, before,
-                          on_step=lambda k: on_step(f"measuring {k}"))
-        expected = images[batches[0]]
-        same = {k: bool(torch.equal(v, expected)) for k, v in firsts.items()}
-        if not all(same.values()):
-            raise RuntimeError(f"the methods read different images: {same}")  # a bug, not the user's
-        h2d = b.h2d_bandwidth(images[:batch].nbytes, repeats)
+        with interruptible("benchmarking data paths"):
+            times, same, exported, drop_how, h2d = _measure(recipe, images, labels, dm.train.classes, png, scratch,
+                                                            batch, workers, repeats, on_step)
+    except Interrupted as e:  # nothing half-measured is kept: the record says so
+        shutil.rmtree(scratch, ignore_errors=True)
+        write_json(folder / "bench_data.json", {"run_dir": str(folder), "interrupted": e.record()})
+        raise e.kept(f"nothing was measured to the end; {folder / 'bench_data.json'} is marked interrupted "
+                     "and the scratch pack and PNG files were removed")
     finally:
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -127,3 +93,54 @@ def run(recipe: Recipe, export_folder: Path | None = None, limit: int | None = N
 
     plot_bench_data(results, folder / "bench_data.png")
     return results
+
+
+def _measure(recipe: Recipe, images: torch.Tensor, labels: torch.Tensor, classes: list[str], png: Path, scratch: Path,
+             batch: int, workers: int, repeats: int, on_step: Callable[[str], None]):
+    """Export, pack, and time every method interleaved; (times, same images, exported now, cache drops, h2d)."""
+    from cnnlab import pack
+    from cnnlab.bench import data as b
+    from cnnlab.data.module import channel_stats
+
+    n = len(labels)
+    on_step(f"exporting {n:,} images as PNG files to {png}")
+    exported = b.export_pngs(images, labels, png)
+    packed_path = scratch / "train.cnnpack"
+    mean, std = channel_stats(images)
+    on_step(f"packing {n:,} images into {packed_path}")
+    pack.write(packed_path, {"train": pack.SplitData(images, labels, mean=mean.tolist(), std=std.tolist())},
+               {"source": recipe.data.source, "classes": classes})
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(recipe.seed))
+    batches = list(order.split(batch))
+    pngs = [p for p in png.rglob("*.png")]
+    drop_how: list[str] = []
+    before = {k: (lambda paths=pngs if k.startswith("png") else [packed_path]: drop_how.append(b.drop_cache(paths)))
+              for k, _, _, cache in METHODS if cache == "cold"}
+    loader = lambda x, y: b.one_pass(b.tensor_loader(x, y, order, batch))  # noqa: E731
+    gather = lambda x, y: b.gather_pass(x, batches)  # noqa: E731
+    png_pass = lambda: b.one_pass(b.png_loader(png, order, batch, workers, images.shape[1]))  # noqa: E731
+    memory = images.clone()  # its own copy, not the module's (the same bytes, in RAM)
+    fns = {"png-cold": png_pass, "png-warm": png_pass,
+           "packed-loader-cold": b.packed(packed_path, loader), "packed-loader-warm": b.packed(packed_path, loader),
+           "packed-gather-cold": b.packed(packed_path, gather), "packed-gather-warm": b.packed(packed_path, gather),
+           "packed-gather-hot": b.packed(packed_path, gather, passes=2),
+           "memory-loader": lambda: loader(memory, labels), "memory-gather": lambda: gather(memory, labels),
+           "memcpy": lambda: (b.memcpy_pass(memory, batch), None)}
+    firsts: dict[str, torch.Tensor] = {}
+
+    def timed(key: str) -> Callable[[], float]:
+        def f() -> float:
+            secs, first = fns[key]()
+            if first is not None:
+                firsts[key] = first
+            return secs
+        return f
+
+    times = interleaved({k: timed(k) for k in fns}, repeats, before,
+                      on_step=lambda k: on_step(f"measuring {k}"))
+    expected = images[batches[0]]
+    same = {k: bool(torch.equal(v, expected)) for k, v in firsts.items()}
+    if not all(same.values()):
+        raise RuntimeError(f"the methods read different images: {same}")  # a bug, not the user's
+    h2d = b.h2d_bandwidth(images[:batch].nbytes, repeats)
+    return times, same, exported, drop_how, h2d

@@ -14,7 +14,8 @@ from cnnlab.engine.callbacks import RunFolder
 from cnnlab.engine.checkpoint import check_resume_overrides
 from cnnlab.engine.finetune import Source, fit_regime, load_data, load_source, on_features, resolve
 from cnnlab.env import versions
-from cnnlab.errors import UserError
+from cnnlab.engine.signals import interruptible
+from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json, write_recipe
 from cnnlab.recipe import Recipe
 from cnnlab.transfer import REGIMES
@@ -109,9 +110,34 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
     first = recipes[0][1]
     run_dir = new_run_dir(first.output.dir, first.output.name if len(recipes) == 1 else "transfer-grid")
     t0 = time.perf_counter()
-    rows, cells, device = [], [], None
+    rows: list[dict[str, Any]] = []
+    try:
+        with interruptible("fine-tuning the sweep"):
+            cells, device = _sweep_cells(sources, run_dir, len(recipes), rows, progress)
+    except Interrupted as e:  # regimes.json holds every finished fit: marked
+        write_json(run_dir / "regimes.json", {"runs": rows, "interrupted": e.record()})
+        raise e.kept(f"{len(rows)} finished fits kept in {run_dir / 'regimes.json'} (marked interrupted)")
+    wall = time.perf_counter() - t0
+    results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
+               "wall_time_s": wall, "device": device,
+               "versions": versions(), "seed": first.seed}
+    write_json(run_dir / "regimes.json", {"runs": rows})
+    write_json(run_dir / "results.json", results)
+    if first.output.plots:
+        from cnnlab.report.finetune import plot_regimes
+
+        plot_regimes(rows, run_dir / "regimes.png")
+    results["runs"] = rows
+    return results
+
+
+def _sweep_cells(sources: list[tuple[str, Recipe, Source]], run_dir: Path, n_recipes: int, rows: list[dict[str, Any]],
+                 progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every (recipe, size, regime) fit of the sweep; each finished fit is appended to `rows` (and
+    regimes.json) as it ends. Returns the table's cells and the device."""
+    cells, device = [], None
     for name, recipe, source in sources:
-        sub = run_dir / name if len(recipes) > 1 else run_dir
+        sub = run_dir / name if n_recipes > 1 else run_dir
         sub.mkdir(exist_ok=True)
         write_recipe(sub, recipe.dump())
         s = source.spec.sweep
@@ -125,22 +151,11 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
                 out = _public(fit_regime(r, source, data, regime, sub / f"{size}-per-class" / regime, progress))
                 device = out["device"]
                 got.append({"recipe": name, "similar": sim.similar, "size": size, **out})
-                write_json(run_dir / "regimes.json", {"runs": rows + got})  # partial results survive a crash
-            rows += got
+                rows.append(got[-1])
+                write_json(run_dir / "regimes.json", {"runs": rows})  # partial results survive a crash
             best = max(got, key=lambda g: g["test_acc"])
             acc = {g["regime"]: g["test_acc"] for g in got}
             cells.append({"recipe": name, "similar": sim.similar, "probes": sim.probes, "size": size,
                           "best": best["regime"], "best_acc": best["test_acc"], "auto": auto, "why": why,
                           "auto_acc": acc.get(auto), "scratch_acc": acc.get("scratch"), "skipped_images": data.skipped})
-    wall = time.perf_counter() - t0
-    results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
-               "wall_time_s": wall, "device": device,
-               "versions": versions(), "seed": first.seed}
-    write_json(run_dir / "regimes.json", {"runs": rows})
-    write_json(run_dir / "results.json", results)
-    if first.output.plots:
-        from cnnlab.report.finetune import plot_regimes
-
-        plot_regimes(rows, run_dir / "regimes.png")
-    results["runs"] = rows
-    return results
+    return cells, device

@@ -12,7 +12,8 @@ from cnnlab.data import SOURCES
 from cnnlab.data.module import channel_stats, unreadable
 from cnnlab.data.sources import resize
 from cnnlab.data.spec import DataSpec
-from cnnlab.errors import UserError
+from cnnlab.engine.signals import interruptible
+from cnnlab.errors import Interrupted, UserError
 from cnnlab.pack.format import SUFFIX
 from cnnlab.recipe import load as load_recipe
 
@@ -58,6 +59,19 @@ def run(spec: DataSpec, out: Path, splits: list[str], shards: int = 1,
         raise UserError(f"OUT: the folder {out.parent} does not exist")
     if shards < 1:
         raise UserError(f"--shards {shards}: must be at least 1")
+    state = {"whole": False}
+    try:
+        with interruptible("packing"):
+            return _run(spec, out, splits, shards, progress, state)
+    except Interrupted as e:
+        if state["whole"]:
+            raise e.kept(f"the pack at {out} was written whole but not read back; check it with "
+                         f"cnnlab pack --verify {out}") from None
+        raise e.kept(f"nothing was written at {out} and no temporary file is left; run the same command again") from None
+
+
+def _run(spec: DataSpec, out: Path, splits: list[str], shards: int,
+         progress: Callable[[int], ContextManager[Callable[[int], None]]], state: dict[str, bool]) -> dict[str, Any]:
     load, root = SOURCES.get(spec.source), Path(spec.root) if spec.root else None
     t0 = time.perf_counter()
     loaded = {name: load(root, name, spec.decode()) for name in splits}
@@ -78,6 +92,7 @@ def run(spec: DataSpec, out: Path, splits: list[str], shards: int = 1,
     with progress(total) as advance:
         written = pack.write(out, data, meta, shards, advance=advance)
     write_s = time.perf_counter() - t1
+    state["whole"] = True  # a stop from here on leaves the whole pack at OUT, not yet read back
     header = pack.verify(out)  # read back: what was written is what the header says
     ignored = [k for k in SELECTION if getattr(spec, k) != DataSpec.model_fields[k].default]
     return {**_summary(out, header, written), "skipped": skipped, "read_s": read_s, "write_s": write_s,

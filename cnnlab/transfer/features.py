@@ -91,14 +91,25 @@ def cached_features(backbone: Backbone, splits: dict[str, Split], key: str, cach
     """(features per split, whether they came from the cache). `cache_dir` None: no cache; a miss
     is stored there only when `write` (global rank 0 writes, the other processes read)."""
     path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        stored: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("key") == key and all(len(stored[n]) == len(s.labels) for n, s in splits.items()):
-            return {n: stored[n] for n in splits}, True
+    stored = _read_cache(path) if path is not None and path.is_file() else None
+    if stored is not None and stored.get("key") == key and all(
+            isinstance(stored.get(n), Tensor) and stored[n].ndim == 2 and len(stored[n]) == len(s.labels)
+            for n, s in splits.items()):
+        return {n: stored[n] for n in splits}, True
     feats = extract(backbone, splits, batch_size, trainer)
     if path is not None and write:
         save_tensors(path, {"key": key, "backbone": backbone.identity, **feats})
     return feats, False
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
+    """A feature cache file's content, or None for one that is truncated, damaged or not a cache
+    (objects a safe load refuses included): a miss, computed again and written over."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def tap_slices(channels: list[int], taps: tuple[int, ...]) -> Tensor:
