@@ -91,6 +91,39 @@ def save_tensors(path: Path, data: dict) -> None:
         torch.save(data, f)
 
 
+class Refused(ValueError):
+    """A file `load_tensors` will not load, with the reason in a user's terms (`str(e)`)."""
+
+
+def load_tensors(path: str | Path) -> Any:
+    """A torch file's content, loaded safely: plain tensors and containers only, never an object
+    that would run code when unpickled. torch's own warnings (pickle protocols) are not shown, and a
+    refusal is `Refused` with the reason in the user's terms, never torch's advice to load it
+    unsafely: holds Python objects, truncated or damaged, empty, or not a torch file."""
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if head.startswith(b"\x80") or "Unsupported global" in str(e):  # a pickle, of more than tensors
+            raise Refused("holds Python objects that a safe load refuses: cnnlab never runs code from a file") from None
+        raise Refused("is not a torch file") from None
+    except EOFError:
+        raise Refused("is empty" if not head else "is truncated") from None
+    except (RuntimeError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        if head.startswith(b"PK"):  # torch's zip format, cut short or damaged
+            raise Refused("is truncated or damaged (not a whole torch file)") from None
+        raise Refused(f"is not a torch file ({type(e).__name__})") from None
+
+
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
     """<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-k], created empty (call it on global rank 0 only); a
     folder that cannot be made is a user error naming output.dir."""

@@ -188,7 +188,7 @@ def test_yaml_syntax_error_through_cli(cli, tmp_path):
     assert "line 4: not valid YAML" in " ".join(res.output.split())
 
 
-def test_a_file_that_is_not_a_checkpoint_is_one_line_without_torchs_advice(cli, tmp_path):
+def test_a_file_that_is_not_a_checkpoint_is_one_line_without_torchs_advice(cli, tmp_path, smoke_run):
     import pickle
 
     import torch
@@ -197,11 +197,25 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_without_torchs_advice(cli, 
         def __reduce__(self):
             return (print, ("code ran",))
 
-    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps(Evil()))
+    good = (smoke_run.path / "checkpoints" / "last.ckpt").read_bytes()
+    files = {"evil.ckpt": pickle.dumps(Evil()), "evil2.ckpt": pickle.dumps(Evil(), protocol=2),
+             "cut.ckpt": good[: len(good) // 2], "empty.ckpt": b"", "text.ckpt": b"not a checkpoint"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
     torch.save({"a": 1}, tmp_path / "other.ckpt")
-    for name, why in (("evil.ckpt", "not a torch file of plain tensors"), ("other.ckpt", "KeyError: 'hyper_parameters'")):
+    objects = "holds Python objects that a safe load refuses: cnnlab never runs code from a file"
+    for name, why in (("evil.ckpt", objects), ("evil2.ckpt", objects), ("other.ckpt", "is not a cnnlab checkpoint: no recipe inside"),
+                      ("cut.ckpt", "is truncated or damaged (not a whole torch file)"), ("empty.ckpt", "is empty"),
+                      ("text.ckpt", "is not a torch file")):
         res = cli("eval", str(tmp_path / name))
         assert res.exit_code == 2 and "code ran" not in res.output
-        [line] = res.output.strip().splitlines()
-        assert line == f"error: {tmp_path / name} is not a cnnlab checkpoint ({why})"
+        [line] = res.output.strip().splitlines()  # no torch warning either
+        assert line == f"error: {tmp_path / name} {why}"
         assert "weights_only" not in line
+    # a run folder whose last checkpoint was cut short: --resume says so in one line
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text((smoke_run.path / "recipe.yaml").read_text())
+    (run / "checkpoints" / "last.ckpt").write_bytes(good[: len(good) // 2])
+    res = cli("train", "--resume", str(run))
+    assert res.exit_code == 2 and res.output.strip() == f"error: --resume: {run / 'checkpoints' / 'last.ckpt'} is truncated or damaged (not a whole torch file)"

@@ -57,7 +57,7 @@ def test_torchvision_bad_weights(tmp_path):
         build_model("torchvision:resnet18", 3, 5, weights=str(tmp_path / "vgg.pth"))
 
     torch.save({"x": OptimSpec()}, tmp_path / "evil.pth")  # an arbitrary object: refused, never unpickled
-    with pytest.raises(UserError, match="not a loadable state dict"):
+    with pytest.raises(UserError, match="holds Python objects that a safe load refuses: cnnlab never runs code"):
         build_model("torchvision:resnet18", 3, 5, weights=str(tmp_path / "evil.pth"))
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.errors import UserError
-from cnnlab.io import save_tensors
+from cnnlab.io import load_tensors, save_tensors
 
 MAX_PIXELS = 8192 * 8192  # 67M px (200 MB decoded as RGB uint8): a larger header is refused before decoding
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
@@ -167,7 +167,7 @@ def decode_files(files: list[Path], d: Decode) -> Decoded:
     path = Path(d.cache_dir) / f"{cache_key(files, d)}.pt" if d.cache_dir and files else None
     if path is not None and path.is_file():
         try:
-            c = torch.load(path, map_location="cpu", weights_only=True)
+            c = load_tensors(path)
             return Decoded(c["images"], c["ok"], [tuple(s) for s in c["sizes"]], [tuple(b) for b in c["bad"]], True)
         except Exception:  # a damaged cache file is decoded again and rewritten
             pass

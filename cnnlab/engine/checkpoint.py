@@ -13,6 +13,7 @@ from cnnlab.data import ImageDataModule
 from cnnlab.engine.assemble import assemble, module_args
 from cnnlab.engine.module import Classifier
 from cnnlab.errors import UserError
+from cnnlab.io import Refused, load_tensors
 from cnnlab.models.weights import load_into, read_checkpoint
 from cnnlab.recipe import Recipe, load as load_recipe
 from cnnlab.transfer import BACKBONES, TransferNet
@@ -32,9 +33,15 @@ def check_resume_overrides(overrides: list[str]) -> None:
 
 
 def epochs_done(ckpt_path: Path) -> int:
-    """Training epochs a checkpoint has completed (where a resumed run starts)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"]
+    """Training epochs a checkpoint has completed (where a resumed run starts); a file that is not a
+    whole checkpoint of a fit is one line."""
+    try:
+        state = load_tensors(ckpt_path)
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"])
+    except Refused as e:
+        raise UserError(f"--resume: {ckpt_path} {e}") from None
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"--resume: {ckpt_path} is not a checkpoint of a cnnlab fit: no training loop state inside") from None
 
 
 def finetune_network(regime: str, taps: tuple[int, ...], backbone_identity: str, head_only: bool) -> dict[str, Any]:

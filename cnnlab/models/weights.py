@@ -3,25 +3,14 @@ load_state_dict's mismatch errors: every place that loads weights into a net rep
 same way."""
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from cnnlab.errors import UserError
-from cnnlab.io import find_checkpoint
-
-
-def _why(e: Exception) -> str:
-    """What went wrong loading a file, in one line, and without torch.load's advice to load it
-    unsafely: an untrusted file is only ever read as plain tensors."""
-    if isinstance(e, pickle.UnpicklingError):
-        return "not a torch file of plain tensors"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+from cnnlab.io import Refused, find_checkpoint, load_tensors
 
 
 def load_state_dict_file(path: str | Path, key: str = "model.weights") -> dict[str, Tensor]:
@@ -31,9 +20,9 @@ def load_state_dict_file(path: str | Path, key: str = "model.weights") -> dict[s
     if not p.is_file():
         raise UserError(f"{key}: file not found: {p}")
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not plain tensors, or not a torch file at all
-        raise UserError(f"{key}: {p} is not a loadable state dict ({_why(e)})") from None
+        sd = load_tensors(p)
+    except Refused as e:
+        raise UserError(f"{key}: {p} {e}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -52,14 +41,17 @@ def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
     """Any checkpoint cnnlab writes: a run folder's best (else last) checkpoint, or a .ckpt file.
     `key` names the recipe key the path came from, for the error message."""
     ckpt_path = find_checkpoint(path, key)
+    at = f"{key}: " if key else ""
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        hparams, state_dict = ckpt["hyper_parameters"], ckpt["state_dict"]
-        if "recipe" not in hparams or "num_classes" not in hparams:
-            raise KeyError("recipe" if "recipe" not in hparams else "num_classes")
-    except Exception as e:
-        at = f"{key}: " if key else ""
-        raise UserError(f"{at}{ckpt_path} is not a cnnlab checkpoint ({_why(e)})") from None
+        ckpt = load_tensors(ckpt_path)
+    except Refused as e:
+        raise UserError(f"{at}{ckpt_path} {e}") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    state_dict = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "recipe" not in hparams or "num_classes" not in hparams:
+        raise UserError(f"{at}{ckpt_path} is not a cnnlab checkpoint: no recipe inside")
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{at}{ckpt_path} is not a cnnlab checkpoint: no weights inside")
     return Checkpoint(ckpt_path, hparams, state_dict)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cnnlab.data.module import TensorImages, collated
 from cnnlab.data.sources import Split
-from cnnlab.io import save_tensors
+from cnnlab.io import load_tensors, save_tensors
 from cnnlab.transfer.backbones import Backbone
 from cnnlab.transfer.regimes import TransferNet
 
@@ -106,7 +106,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
     """A feature cache file's content, or None for one that is truncated, damaged or not a cache
     (objects a safe load refuses included): a miss, computed again and written over."""
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
+        stored = load_tensors(path)
     except Exception:
         return None
     return stored if isinstance(stored, dict) else None
