@@ -278,5 +278,49 @@ def bench_data(
     bench_data_table(res)
 
 
+@app.command()
+@user_errors
+def profile(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file whose training steps are profiled.")] = None,
+    set_: Overrides = None,
+    steps: Annotated[int, typer.Option(help="Timed steps with the phase boundaries (as many again without, for the overhead).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 5,
+    memory_budget: Annotated[Optional[str], typer.Option(help="The largest batch that fits this much (12GB, 512MiB); default the free memory.")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Step throughput at these thread counts, e.g. 1,2.")] = None,
+    try_alternatives: Annotated[bool, typer.Option("--try-alternatives", help="Time each change the verdict suggests beside the recipe.")] = False,
+    machine: Annotated[bool, typer.Option("--machine", help="This machine's limits (devices, precisions, matmul peaks, copies, disk), measured once and cached.")] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="--machine: measure again instead of reading the cache.")] = False,
+) -> None:
+    """What limits a training run: its step split into phases with a verdict, FLOPs, memory per layer and the peak."""
+    from cnnlab.report.console import status
+
+    if machine:
+        if recipe is not None or set_:
+            raise UserError("--machine measures this machine, not a recipe: give no RECIPE or --set with it")
+        from cnnlab.report.profile import machine_table
+        from cnnlab.tasks import profile as task
+
+        with status() as on_step:
+            m = task.machine(Path("data"), refresh=refresh, progress=on_step)
+        machine_table(m)
+        return
+    if recipe is None:
+        raise UserError("missing RECIPE: cnnlab profile recipes/fashion_mnist.yaml (or --machine)")
+    from cnnlab.tasks import profile as task
+
+    task.check_flags(steps, warmup, memory_budget, threads)  # before the recipe's heavy imports
+    from cnnlab import recipe as rc
+
+    r = rc.load(recipe, set_ or [], preflight=True)
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.profile import profile_summary
+
+    quiet_lightning()
+    with status() as on_step:
+        res = task.run(r, steps=steps, warmup=warmup, memory_budget=memory_budget, thread_counts=threads,
+                       try_alternatives=try_alternatives, on_step=on_step)
+    profile_summary(res)
+
+
 def main() -> None:
     app(prog_name="cnnlab")

@@ -19,7 +19,7 @@ UNITS = {
     "cli": "cli", "__main__": "cli",
 }
 # the feature packages, lowest first: a feature may import only the features before it
-FEATURES = ["precision", "augment", "tta", "conv", "models", "pack", "data", "transfer", "sweep"]
+FEATURES = ["precision", "augment", "tta", "conv", "models", "pack", "data", "transfer", "sweep", "profile"]
 UNITS.update({f: "feature" for f in FEATURES})
 
 
@@ -185,8 +185,8 @@ def test_a_circle_fails_even_inside_one_layer(tmp_path):
 
 
 def test_an_undeclared_unit_fails(tmp_path):
-    pkg = write(tmp_path, {"profile/__init__.py": "", "lit.py": ""})
+    pkg = write(tmp_path, {"serve/__init__.py": "", "lit.py": ""})
     assert undeclared(pkg) == [
         "cnnlab.lit is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)",
-        "cnnlab.profile is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)",
+        "cnnlab.serve is not declared in tests/test_layout.py (UNITS, and FEATURES for a feature)",
     ]

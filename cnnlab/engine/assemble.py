@@ -16,6 +16,7 @@ from cnnlab.data import ImageDataModule
 from cnnlab.engine.module import PER_CLASS, Classifier
 from cnnlab.errors import UserError
 from cnnlab.models import build_model
+from cnnlab.models.checkpointing import checkpoint_stages
 from cnnlab.spec import Training as Recipe  # any recipe with the training sections
 
 
@@ -51,6 +52,8 @@ def assemble(recipe: Recipe) -> Assembled:
     net = build_model(recipe.model.name, data.in_channels, data.num_classes, **recipe.model.kwargs())
     impl = recipe.model.conv_impl
     conv = None if impl == "direct" else summary(impl, swap(net, impl))
+    if recipe.model.activation_checkpointing:
+        checkpoint_stages(net, recipe.model.name)
     pipeline, on_device = augmentation(recipe, data)
     module = Classifier(net, data.num_classes, data.mean, data.std, augment=on_device, **module_args(recipe))
     return Assembled(data, module, pipeline, conv)

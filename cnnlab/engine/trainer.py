@@ -22,10 +22,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks: list[pl.Callback] = (),
-                  has_val: bool = True, progress: bool = True) -> pl.Trainer:
+                  has_val: bool = True, progress: bool = True, max_steps: int = -1) -> pl.Trainer:
     """With `run` (a path, or a RunFolder that global rank 0 fills in before `fit`): a Trainer with
     the recipe's `trainer:` arguments, metrics.csv and checkpoints in the run folder; cnnlab's own
-    samplers shard the data per process (`use_distributed_sampler=False`). Without: one device that
+    samplers shard the data per process (`use_distributed_sampler=False`); `max_steps` ends a fit
+    early (the profiler's few steps; the schedule still spans the recipe's epochs). Without: one device that
     only evaluates or predicts, at `t.accelerator` and `t.precision`: no logger, no checkpoints."""
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
@@ -43,7 +44,7 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
     best = [ModelCheckpoint(filename="best", monitor="val/acc", mode="max", save_top_k=1,
                             enable_version_counter=False)] if has_val else []
     cbs: list[pl.Callback] = [folder, *best, last, *callbacks, *bar]  # trainer.checkpoint_callback: the first
-    args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0}
+    args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0, "max_steps": max_steps}
     return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,
                       plugins=[AtomicCheckpointIO()], **common)
 
