@@ -58,6 +58,11 @@ bench: setup data
 	$(PY) benchmarks/cpu_data_parallel.py
 	$(VENV)/bin/cnnlab bench-conv --stacking
 	$(VENV)/bin/cnnlab bench-data
+	$(PY) benchmarks/memory_planner.py
+	$(VENV)/bin/cnnlab profile --machine --refresh
+	$(VENV)/bin/cnnlab profile recipes/fashion_mnist.yaml
+	$(VENV)/bin/cnnlab profile recipes/augment_fmnist.yaml --set augment.where=loader --set data.num_workers=0 --try-alternatives
+	$(VENV)/bin/cnnlab profile recipes/augment_fmnist.yaml --set augment.where=device --try-alternatives --threads 1,2
 
 # Fashion-MNIST to 93% in under 5 minutes of training on 2 CPU cores, test-time augmentation after
 fast: setup data

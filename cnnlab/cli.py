@@ -301,7 +301,7 @@ def profile(
         from cnnlab.tasks import profile as task
 
         with status() as on_step:
-            m = task.machine(Path("data"), refresh=refresh, progress=on_step)
+            m = task.machine(task.default_data_folder(), refresh=refresh, progress=on_step)
         machine_table(m)
         return
     if recipe is None:

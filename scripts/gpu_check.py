@@ -67,7 +67,7 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
 
     from cnnlab import recipe as rc
     from cnnlab.env import versions
-    from cnnlab.tasks import bench_conv, bench_data, eval_tta, evaluate, finetune, train
+    from cnnlab.tasks import bench_conv, bench_data, eval_tta, evaluate, finetune, profile, train
 
     gpu = accelerator == "cuda"
     if gpu and not torch.cuda.is_available():
@@ -113,7 +113,13 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
             rc.load(RECIPES / "fashion_mnist_fast.yaml", base), progress=False)))
     else:
         c.skip("fashion_mnist_fast (timed)", "GPU only")
-    c.skip("profile", "cnnlab profile is not built yet")
+    c.run("profile smoke (split, verdict, peak memory predicted and measured)", lambda: _profile(profile.run(
+        rc.load(RECIPES / "smoke.yaml", [*base, "data.batch_size=64" if not gpu else "data.batch_size=256"]),
+        steps=5 if gpu else 3, warmup=2 if gpu else 1, machine_quick=not gpu)))
+    if gpu:
+        c.run("profile --machine", lambda: _machine(profile.machine(Path(tempfile.mkdtemp(prefix="cnnlab-disk-")))))
+    else:
+        c.skip("profile --machine", "GPU only (the CPU lane's profile measured it the quick way)")
     report = {"accelerator": accelerator, "when": datetime.now().isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name() if gpu else "cpu", "versions": versions(),
               "checks": c.rows, "failed": [r["check"] for r in c.rows if r["ok"] is False]}
@@ -126,6 +132,18 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
 
 def _conv(r: dict[str, Any]) -> dict[str, Any]:
     return {"tf32": r["tf32"], "device": r["device"], "rows": r["rows"]}
+
+
+def _profile(r: dict[str, Any]) -> dict[str, Any]:
+    m = r["memory"]
+    return {"device": r["device"], "split_ms": {k: v * 1e3 for k, v in r["steps"]["split"].items()},
+            "verdict": r["verdict"]["text"], "overhead": r["steps"]["overhead"]["ratio"], "flops": r["flops"],
+            "peaks": m["peaks"], "saves": m["saves"], "planner": m.get("planner")}
+
+
+def _machine(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("matmul", "memcpy", "h2d", "disk", "precisions", "seconds")} | {
+        "gpus": m["facts"].get("gpus"), "cpu": m["facts"].get("cpu")}
 
 
 def _data(r: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def test_the_cpu_lane_runs_every_check_that_needs_no_cuda(tmp_path, monkeypatch)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))  # the machine's limits, not the user's cache
     assert gpu_check.main("cpu", tmp_path) == 0
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     rows = {r["check"]: r for r in report["checks"]}
@@ -61,11 +62,13 @@ def test_the_cpu_lane_runs_every_check_that_needs_no_cuda(tmp_path, monkeypatch)
     ran = {n for n, r in rows.items() if r["ok"]}
     assert {"smoke 32-true", "smoke bf16-true", "eval", "eval-tta", "smoke, 16-bit weights with stochastic rounding",
             "smoke, data.placement device", "bench-conv tf32=False", "bench-data",
-            "finetune --regime linear (transfer_different)"} == ran
-    assert {n for n, r in rows.items() if r["ok"] is None} == {"smoke 16-mixed", "fashion_mnist_fast (timed)", "profile"}
+            "finetune --regime linear (transfer_different)", "profile smoke (split, verdict, peak memory predicted and measured)"} == ran
+    assert {n for n, r in rows.items() if r["ok"] is None} == {"smoke 16-mixed", "fashion_mnist_fast (timed)", "profile --machine"}
     assert rows["eval"]["result"]["test_acc"] == pytest.approx(rows["eval"]["result"]["trained_test_acc"], abs=1e-6)
     assert rows["eval-tta"]["result"]["ten-crop"]["views"] == 10 and rows["bench-conv tf32=False"]["result"]["tf32"] is None
     assert rows["smoke bf16-true"]["result"]["precision"] == "bf16-true" and all(r["seconds"] > 0 for r in rows.values() if r["ok"])
+    prof = rows["profile smoke (split, verdict, peak memory predicted and measured)"]["result"]
+    assert prof["device"] == "cpu" and set(prof["split_ms"]) >= {"data", "forward", "backward", "rest"} and prof["peaks"]
 
 
 def test_the_check_refuses_cuda_where_there_is_none(tmp_path, monkeypatch):

@@ -44,7 +44,8 @@ def test_the_phases_of_real_steps_add_up_to_the_step_with_little_left_over(tmp_p
     from cnnlab.engine.assemble import assemble
     from cnnlab.tasks.profile import phases
 
-    r = rc.load(SMOKE, [*TINY, "augment.where=device", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]"])
+    # batches of 64: a step of tens of ms, of which Lightning's own loop is a small part
+    r = rc.load(SMOKE, [*TINY, "data.batch_size=64", "augment.where=device", "augment.ops=[{name: shift, max_px: 2}, {name: hflip}]"])
     a = assemble(r)
     t0 = time.perf_counter()
     got = phases(r, a, tmp_path, steps=6, warmup=2, on_step=lambda k, n: None)
@@ -75,7 +76,7 @@ def test_a_step_that_mostly_waits_for_the_loader_is_data_bound_with_the_changes_
     v = vd.verdict(vd.shares(phases_of(data=71, forward=10, backward=15, optimizer=2, rest=2)), RECIPE, "cpu")
     assert v["verdict"] == "data-bound" and v["largest"] == "data"
     assert v["text"].startswith("data-bound: 71% of each step waits for data; try `augment.where=device`")
-    assert v["candidates"] == ["augment.where=device", "data.placement=device", "data.num_workers=2"]
+    assert v["candidates"] == ["augment.where=device", "data.placement=device augment.where=device", "data.num_workers=2"]
 
 
 def test_compute_copy_and_balanced_steps():
@@ -100,7 +101,10 @@ def test_paired_ratios_and_thread_scaling_come_from_alternating_blocks():
     per = vd.per_condition([Step(n, 1.0 / n, 1) for _ in range(3) for n in (1, 2, 4)], 1, [1, 2, 4])
     rows = vd.scaling(per)
     assert [r["speedup"] for r in rows] == [1.0, 2.0, 4.0] and rows[1]["per_added_core"] == 1.0
-    assert vd.flop_fraction(10**9, 0.5, 4.0)["fraction_of_peak"] == 0.5
+    assert vd.flop_fraction(10**9, 0.5, 4.0)["fraction_of_peak"] == 0.5 and vd.flop_fraction(10**9, 0.1, 4.0)["above_peak"]
+    rows = [{"set": "(as written)", "vs_recipe": 1.0}, {"set": "a=1", "vs_recipe": 0.09}, {"set": "b=2", "vs_recipe": 2.36}]
+    assert vd.measured_advice(rows)["recommended"] == "b=2" and "`b=2` runs 2.36x" in vd.measured_advice(rows)["text"]
+    assert vd.measured_advice(rows[:2])["recommended"] is None and "none is faster" in vd.measured_advice(rows[:2])["text"]
 
 
 # --------------------------------------------------------------------------- end to end, and refusals
@@ -108,7 +112,7 @@ def test_paired_ratios_and_thread_scaling_come_from_alternating_blocks():
 @pytest.mark.slow
 def test_profile_the_smoke_recipe_through_the_cli(profiled, cli):
     res = profiled(SMOKE, "--steps", "3", "--warmup", "1", "--memory-budget", "64MiB", "--threads", "1,2",
-                   *[a for o in TINY for a in ("--set", o)])
+                   "--try-alternatives", *[a for o in TINY for a in ("--set", o)])
     assert res.exit_code == 0, res.output
     [run] = cli.runs.iterdir()
     p = json.loads((run / "profile.json").read_text())
@@ -125,6 +129,9 @@ def test_profile_the_smoke_recipe_through_the_cli(profiled, cli):
     assert [t["threads"] for t in p["threads"]] == [1, 2] and p["flops"]["flops_per_step"] > 0
     said = " ".join(res.output.split())
     assert p["verdict"]["text"] in said and "largest batch for 0.06 GiB" in said
+    alts = p["alternatives"]
+    assert alts[0]["set"] == "(as written)" and alts[0]["vs_recipe"] == 1.0 and len(alts) == 1 + len(p["verdict"]["candidates"])
+    assert all(a["images_per_s"] > 0 and a["rounds"] == 3 for a in alts) and p["verdict"]["measured"]["text"] in said
 
 
 @pytest.mark.parametrize("args,message", [

@@ -84,8 +84,8 @@ class StepProfiler(pl.Callback):
     # --------------------------------------------------------------------------- instrumentation
 
     def _wrap(self, module: pl.LightningModule) -> None:
-        """The module's own hooks, timed at entry or exit (instance attributes: Lightning looks the
-        hooks up by name on the module)."""
+        """The module's own hooks, timed at entry (instance attributes: Lightning looks the hooks up
+        by name on the module)."""
         def entry(name: str, fn: Callable) -> Callable:
             @functools.wraps(fn)
             def timed(*args: Any, **kwargs: Any) -> Any:
@@ -93,18 +93,11 @@ class StepProfiler(pl.Callback):
                 return fn(*args, **kwargs)
             return timed
 
-        def exit_(name: str, fn: Callable) -> Callable:
-            @functools.wraps(fn)
-            def timed(*args: Any, **kwargs: Any) -> Any:
-                out = fn(*args, **kwargs)
-                self._mark(name)
-                return out
-            return timed
-
         module.on_before_batch_transfer = entry("fetched", module.on_before_batch_transfer)
         module.on_after_batch_transfer = entry("copied", module.on_after_batch_transfer)
         module.training_step = entry("forward", module.training_step)
-        module.on_before_optimizer_step = exit_("optimizer", module.on_before_optimizer_step)
+        # the module's pre-step checks (finite loss and gradients, divergence) are the optimizer step's
+        module.on_before_optimizer_step = entry("optimizer", module.on_before_optimizer_step)
         augment = getattr(module, "augment", None)
         if augment is not None:
             @functools.wraps(augment)
@@ -168,7 +161,7 @@ def split(t: Timeline, end: float) -> dict[str, float]:
     """A phased step's seconds per phase, from its boundaries: data until the batch is fetched, the
     copy until it is on the device, then augmentation (timed inside), forward until the loss asks
     for backward, backward, and the optimizer step from the module's pre-step checks to the step's
-    end; the rest is what lies between (normalisation, zeroing gradients, the checks)."""
+    end; the rest is what lies between (normalisation, zeroing gradients, Lightning's hooks)."""
     m = t.marks
     need = ("fetched", "copied", "forward", "backward", "backward_done", "optimizer")
     if any(k not in m for k in need):

@@ -7,12 +7,14 @@ adds up (see `predict_peak`). Pure torch: no Lightning, nothing printed."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -152,7 +154,7 @@ def _backward_scratch(loss: Tensor, calls: list[tuple[int, str]]) -> dict[str, i
     from torch.profiler import ProfilerActivity, profile
 
     device = loss.device.type.upper()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         loss.backward()
     events = prof.profiler.kineto_results.events()
     memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and e.device_type().name == device)
@@ -398,6 +400,29 @@ def train_step(net: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, optimizer:
     return loss.detach()
 
 
+# torch's profiler (kineto) logs each start and stop to stderr, and an ERROR line on a machine
+# without a GPU: level 6 keeps it quiet (read when the profiler first starts; a user's setting wins)
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Native stderr (file descriptor 2) to /dev/null while torch's profiler records: its C++ side
+    warns, once per process and on stderr directly, that a block allocated before the recording
+    was freed during it, which the measurement already allows for (the warm-up steps run inside
+    the recording). Python's own errors are exceptions, not affected."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
 CPU_METHOD = "torch.profiler memory events: peak of live CPU tensor bytes (+ the bytes held when the step starts)"
 CUDA_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
 
@@ -413,7 +438,7 @@ def measure_peak_cpu(step_fn: Callable[[], Any], *held: nn.Module | torch.optim.
     from torch.profiler import ProfilerActivity, profile, record_function
 
     window = "cnnlab::measured_step"
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(warmup):
             step_fn()
         start_bytes = storage_bytes(*held)

@@ -55,15 +55,16 @@ def verdict(share: dict[str, float], recipe: dict[str, Any], device: str) -> dic
 
 
 def alternatives(largest: str, recipe: dict[str, Any], device: str) -> list[str]:
-    """The recipe changes worth measuring for what limits it (each a `--set` line, only changes that
-    differ from the recipe as written)."""
+    """The recipe changes worth measuring for what limits it (each one or more `--set` overrides,
+    space-separated, that differ from the recipe as written and are valid together)."""
     data, augment, trainer = recipe["data"], recipe["augment"], recipe["trainer"]
     out: list[str] = []
     if largest in ("data", "copy"):
-        if augment.get("ops") and augment.get("where") == "loader":
+        loader_ops = bool(augment.get("ops")) and augment.get("where") == "loader"
+        if loader_ops:
             out.append("augment.where=device")
-        if data.get("placement") != "device":
-            out.append("data.placement=device")
+        if data.get("placement") != "device":  # device placement augments on the device too
+            out.append("data.placement=device" + (" augment.where=device" if loader_ops else ""))
         if largest == "data" and data.get("num_workers", 0) == 0 and data.get("placement") != "device":
             out.append("data.num_workers=2")
     else:
@@ -126,8 +127,11 @@ def flop_fraction(flops_per_step: int, compute_seconds: float, peak_gflops: floa
     """The FLOP/s a step's compute achieved (its FLOPs over the compute phases' time), and that as a
     fraction of the machine's measured matmul peak."""
     achieved = flops_per_step / compute_seconds / 1e9 if compute_seconds > 0 else None
+    fraction = achieved / peak_gflops if achieved and peak_gflops else None
+    # above the peak: the peak was measured while the machine was busier (it is cached), not a real
+    # >100%: `profile --machine --refresh` measures it again
     return {"flops_per_step": flops_per_step, "achieved_gflops": achieved, "peak_gflops": peak_gflops,
-            "fraction_of_peak": achieved / peak_gflops if achieved and peak_gflops else None}
+            "fraction_of_peak": fraction, "above_peak": fraction is not None and fraction > 1}
 
 
 def parse_threads(text: str, cores: int) -> list[int]:
@@ -142,3 +146,17 @@ def parse_threads(text: str, cores: int) -> list[int]:
         raise UserError(f"--threads {text!r}: distinct thread counts from 1 to {4 * cores} "
                         f"(this machine has {cores} usable cores), comma-separated, e.g. 1,{max(cores, 2)}")
     return counts
+
+
+def measured_advice(rows: list[dict[str, Any]], better: float = 1.05) -> dict[str, Any]:
+    """What `--try-alternatives` found: the fastest candidate if it beats the recipe as written by
+    more than `better` (a median of paired ratios), else that none does here, with each ratio."""
+    tried = [r for r in rows if r.get("vs_recipe") is not None and r["set"] != "(as written)"]
+    ratios = ", ".join(f"`{r['set']}` {r['vs_recipe']:.2f}x" for r in tried)
+    best = max(tried, key=lambda r: r["vs_recipe"], default=None)
+    if best is not None and best["vs_recipe"] > better:
+        return {"recommended": best["set"], "vs_recipe": best["vs_recipe"],
+                "text": f"measured here: `{best['set']}` runs {best['vs_recipe']:.2f}x the recipe's images/s ({ratios})"}
+    return {"recommended": None, "vs_recipe": None,
+            "text": f"measured here: none is faster than the recipe as written ({ratios})" if tried else
+                    "measured here: no candidate ran"}

@@ -47,13 +47,21 @@ def profile_summary(r: dict[str, Any]) -> None:
                       f"phased against plain steps in the same fit)", highlight=False)
     if not r["rest_ok"]:
         console.print(f"[yellow]the rest is {r['shares']['rest']:.0%} of the step: a phase is missing[/]")
-    console.print(f"[b]{r['verdict']['text']}[/]", highlight=False)
+    v = r["verdict"]
+    console.print(f"[b]{v['text']}[/]", highlight=False)
+    if v.get("measured"):
+        console.print(f"[b]{v['measured']['text']}[/]", highlight=False)
+    elif v["candidates"]:
+        console.print("(whether these help depends on the hardware: --try-alternatives measures them here first)")
     f = r["flops"]
     if f["achieved_gflops"]:
         peak = f"{f['fraction_of_peak']:.0%} of this machine's measured matmul peak ({f['peak_gflops']:.1f} GFLOP/s)" \
             if f["fraction_of_peak"] is not None else "no measured peak for this device"
         console.print(f"compute: {f['flops_per_step'] / 1e9:.3f} GFLOP a step, {f['achieved_gflops']:.1f} GFLOP/s "
                       f"achieved, {peak}", highlight=False)
+        if f.get("above_peak"):
+            console.print(f"[yellow]above the cached peak, measured {r['machine'].get('measured_at')} on a busier "
+                          "machine: cnnlab profile --machine --refresh measures it again[/]", highlight=False)
     _memory(r["memory"])
     if r.get("threads"):
         t = Table(title="threads (median of paired blocks)", title_justify="left")

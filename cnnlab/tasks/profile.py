@@ -171,13 +171,17 @@ def memory(recipe: Recipe, a: Assembled, budget: int | None, device: torch.devic
 
 def _data_folder(recipe: Recipe) -> Path:
     """The folder the recipe's images are read from (its disk is the one measured)."""
-    from cnnlab.data.sources import FASHION_MNIST_ROOTS
-
     if recipe.data.root:
         return Path(recipe.data.root)
-    if recipe.data.source == "fashion-mnist":
-        return next((r for r in FASHION_MNIST_ROOTS if r.is_dir()), Path("data"))
-    return Path("data")
+    return default_data_folder() if recipe.data.source == "fashion-mnist" else Path("data")
+
+
+def default_data_folder() -> Path:
+    """Where Fashion-MNIST is read from by default (Debian's package, else data/): the folder whose
+    disk `profile --machine` measures, the one the shipped recipes read."""
+    from cnnlab.data.sources import FASHION_MNIST_ROOTS
+
+    return next((r for r in FASHION_MNIST_ROOTS if r.is_dir()), Path("data"))
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -215,7 +219,7 @@ def alternatives(recipe: Recipe, candidates: list[str], scratch: Path, warmup: i
     arms: dict[str, tuple[Recipe, Assembled]] = {"(as written)": (recipe, assemble(recipe))}
     for c in candidates:
         try:
-            r = load(None, [c], base=copy.deepcopy(base), preflight=True, source=f"--try-alternatives {c}")
+            r = load(None, c.split(), base=copy.deepcopy(base), preflight=True, source=f"--try-alternatives {c}")
         except UserError as e:
             arms[c] = (None, str(e))  # type: ignore[assignment]
             continue
@@ -246,11 +250,13 @@ def alternatives(recipe: Recipe, candidates: list[str], scratch: Path, warmup: i
     return rows
 
 
-def machine(data_folder: Path, refresh: bool = False, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """This machine's limits (bench.machine), measured once and cached per machine."""
+def machine(data_folder: Path, refresh: bool = False, progress: Callable[[str], None] = lambda s: None,
+            quick: bool = False) -> dict[str, Any]:
+    """This machine's limits (bench.machine), measured once and cached per machine (`quick`: smaller
+    sizes and fewer repeats, seconds instead of ten, cached apart)."""
     from cnnlab.bench import machine as m
 
-    facts, hit = m.cached(data_folder, refresh=refresh, progress=progress)
+    facts, hit = m.cached(data_folder, refresh=refresh, progress=progress, quick=quick)
     return {**facts, "cache_hit": hit}
 
 
@@ -263,7 +269,7 @@ def _peak(facts: dict[str, Any], device: torch.device, precision: str) -> float 
 
 def run(recipe: Recipe, steps: int = 20, warmup: int = 5, memory_budget: str | None = None,
         thread_counts: str | None = None, try_alternatives: bool = False, alt_seconds: float = 5.0,
-        on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+        on_step: Callable[[str], None] = lambda s: None, machine_quick: bool = False) -> dict[str, Any]:
     """Profile the recipe (see the module's docstring); profile.json and the PNGs in a run folder,
     which is removed again if the profile is stopped before it ends (nothing half-measured)."""
     budget, counts = check_flags(steps, warmup, memory_budget, thread_counts)
@@ -273,7 +279,7 @@ def run(recipe: Recipe, steps: int = 20, warmup: int = 5, memory_budget: str | N
     try:
         with interruptible("profiling"):
             results = _profile(recipe, folder, steps, warmup, budget, counts, try_alternatives, alt_seconds,
-                               data_folder, on_step)
+                               data_folder, on_step, machine_quick)
     except Interrupted as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise e.kept(f"nothing was kept: the profile's folder {folder} was removed") from None
@@ -283,14 +289,15 @@ def run(recipe: Recipe, steps: int = 20, warmup: int = 5, memory_budget: str | N
 
 
 def _profile(recipe: Recipe, folder: Path, steps: int, warmup: int, budget: int | None, counts: list[int] | None,
-             try_alternatives: bool, alt_seconds: float, data_folder: Path, on_step: Callable[[str], None]) -> dict[str, Any]:
+             try_alternatives: bool, alt_seconds: float, data_folder: Path, on_step: Callable[[str], None],
+             machine_quick: bool = False) -> dict[str, Any]:
     from cnnlab.io import write_recipe
 
     write_recipe(folder, recipe.dump())
     scratch = folder / "scratch"
     t0 = time.perf_counter()
     on_step("measuring this machine's limits (cached after the first time)")
-    facts = machine(data_folder, progress=lambda s: on_step(f"machine: {s}"))
+    facts = machine(data_folder, progress=lambda s: on_step(f"machine: {s}"), quick=machine_quick)
     on_step("loading the data and the model")
     a = assemble(recipe)
     timed = phases(recipe, a, scratch, steps, warmup, lambda k, n: on_step(f"training step {k} of {n}"))
@@ -324,6 +331,7 @@ def _profile(recipe: Recipe, folder: Path, steps: int, warmup: int, budget: int 
             cands.append("trainer.accelerator=gpu")  # the same recipe on the GPU, side by side
         results["alternatives"] = alternatives(recipe, cands, scratch, min(warmup, 2), max(steps // 2, 2), alt_seconds,
                                                lambda s: on_step(f"alternatives: {s}"))
+        results["verdict"]["measured"] = vd.measured_advice(results["alternatives"])
     results["wall_time_s"] = time.perf_counter() - t0
     write_json(folder / "profile.json", results)
     from cnnlab.report.profile import plot_memory, plot_split
