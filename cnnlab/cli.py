@@ -9,10 +9,43 @@ import typer
 
 from cnnlab.errors import Diverged, Interrupted, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ConvNets in practice: train, fine-tune, augment, test-time augment, benchmark convolutions.")
 
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        import cnnlab
+
+        print(f"cnnlab {cnnlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print cnnlab's version and exit.")] = False) -> None:
+    """ConvNets in practice: train, fine-tune, augment, test-time augment, benchmark convolutions."""
+
+
+def _kinds(incomplete: str) -> list[str]:
+    """Shell completion of `cnnlab list KIND`: the kinds, without importing torch."""
+    names = ["algorithms", "backbones", "blocks", "models", "ops", "precisions", "recipes", "regimes", "sources", "views"]
+    return [k for k in names if k.startswith(incomplete)]
+
+
+def built_in(given: Path) -> None:
+    """Say so when a recipe argument named a built-in recipe rather than a file here (a file in the
+    working folder of that name always wins)."""
+    from cnnlab import shipped
+
+    used = shipped.resolve(given)
+    if used != Path(given):
+        from cnnlab.report.console import console
+
+        console.print(f"recipe: the built-in {used.name} ({used}); cnnlab cp {used.stem} . copies it to edit",
+                      highlight=False)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -62,6 +95,8 @@ def train(
     if sweep and resume is not None:
         raise UserError("--sweep starts new runs; --resume continues one: give one of them")
     r = rc.load(recipe, set_ or [], preflight=not print_recipe)
+    if not print_recipe:
+        built_in(recipe)
     if resume is not None:
         r.output.name = Path(resume).name
     if print_recipe:
@@ -124,6 +159,7 @@ def augment(
     from cnnlab import recipe as rc
 
     r = rc.load(recipe, set_ or [], preflight=True)
+    built_in(recipe)
     from cnnlab.engine.callbacks import quiet_lightning
     from cnnlab.report.augment import augment_summary
     from cnnlab.tasks import augment as task
@@ -156,6 +192,8 @@ def finetune(
         raise UserError("missing RECIPE: cnnlab finetune recipes/transfer_similar.yaml (or --resume RUN_DIR)")
     over = list(set_ or []) + ([f"finetune.regime={regime}"] if regime else [])
     loaded = [(Path(p).stem, rc.load(p, over, preflight=True)) for p in recipes]
+    for p in recipes:
+        built_in(p)
     if len(loaded) > 1 and not sweep:
         raise UserError("several recipes make one table: add --sweep, or give one recipe")
     from cnnlab.engine.callbacks import quiet_lightning
@@ -273,6 +311,7 @@ def bench_data(
     from cnnlab.tasks import bench_data as task
 
     r = rc.load(recipe, set_ or [])
+    built_in(recipe)
     with status() as on_step:
         res = task.run(r, export_folder, limit, repeats, workers, str(out), keep, on_step=on_step)
     bench_data_table(res)
@@ -312,6 +351,7 @@ def profile(
     from cnnlab import recipe as rc
 
     r = rc.load(recipe, set_ or [], preflight=True)
+    built_in(recipe)
     from cnnlab.engine.callbacks import quiet_lightning
     from cnnlab.report.profile import profile_summary
 
@@ -320,6 +360,108 @@ def profile(
         res = task.run(r, steps=steps, warmup=warmup, memory_budget=memory_budget, thread_counts=threads,
                        try_alternatives=try_alternatives, on_step=on_step)
     profile_summary(res)
+
+
+@app.command()
+@user_errors
+def tune(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (or a built-in recipe's name).")],
+    lr: Annotated[bool, typer.Option("--lr", help="Learning-rate range test (Lightning's lr_find): a suggested optim.lr.")] = False,
+    batch_size: Annotated[bool, typer.Option("--batch-size", help="The largest data.batch_size that runs within --memory-budget (Lightning's scale_batch_size).")] = False,
+    set_: Overrides = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="--batch-size: stop before this much (12GB, 512MiB); default the free memory.")] = None,
+    steps: Annotated[int, typer.Option(help="--lr: steps of the range test.")] = 100,
+    min_lr: Annotated[float, typer.Option(help="--lr: the range's start.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(help="--lr: the range's end.")] = 10.0,
+) -> None:
+    """Find a learning rate or the largest batch size for a recipe, with Lightning's Tuner."""
+    from cnnlab.tasks import tune as task
+
+    task.check_flags(lr, batch_size, memory_budget, steps)
+    from cnnlab import recipe as rc
+
+    r = rc.load(recipe, set_ or [], preflight=True)
+    built_in(recipe)
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.tune import tune_summary
+
+    quiet_lightning()
+    tune_summary(task.run(r, lr=lr, batch_size=batch_size, memory_budget=memory_budget, steps=steps,
+                          min_lr=min_lr, max_lr=max_lr))
+
+
+@app.command("list")
+@user_errors
+def list_(
+    kind: Annotated[Optional[str], typer.Argument(help="models, backbones, ops, views, algorithms, sources, regimes, blocks, precisions or recipes.", autocompletion=_kinds)] = None,
+    pattern: Annotated[Optional[str], typer.Argument(help="Only names matching this (a glob, or a part of the name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """Every named part cnnlab has (read from its registries), the precisions this machine runs, the built-in recipes."""
+    from cnnlab.report.catalog import kinds_table, list_table
+    from cnnlab.tasks import catalog
+
+    if kind is None:
+        kinds_table({k: len(catalog.entries(k)) for k in catalog.kinds()})
+        return
+    list_table(kind, catalog.entries(kind, pattern), as_json)
+
+
+@app.command()
+@user_errors
+def cp(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe's name (cnnlab list recipes).")],
+    dest: Annotated[Path, typer.Argument(help="The file to write, or a folder to put it in.")] = Path("."),
+) -> None:
+    """Copy a built-in recipe out of the package, to edit."""
+    from cnnlab.report.catalog import copied
+    from cnnlab.tasks import catalog
+
+    copied(catalog.copy_recipe(recipe, dest))
+
+
+@app.command()
+@user_errors
+def predict(
+    path: Annotated[Path, typer.Argument(help="A run folder (of train or finetune) or a .ckpt file.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns ('photos/**/*.jpg'); folders named after the run's classes give labels.")],
+    tta: Annotated[Optional[str], typer.Option(help="A test-time augmentation policy, as eval-tta's: hflip, ten-crop+scales; views combined by the run's eval.agg.")] = None,
+    top: Annotated[Optional[int], typer.Option(help="Classes per image, most probable first (default 3, or every class when the run has fewer).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The CSV to write; default RUN_DIR/predictions.csv, or NAME.predictions.csv beside a .ckpt.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Image files decoded and predicted at a time (memory: this many decoded images).")] = 256,
+    bad_images: Annotated[Optional[str], typer.Option(help="An unreadable image file: error (stop, nothing written) or skip (left out, listed); default the run's data.bad_images.")] = None,
+) -> None:
+    """Classify image files with a run's checkpoint: a CSV of each image's top classes, accuracy when folders name the classes."""
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.predict import image_progress, predict_summary
+    from cnnlab.tasks import predict as task
+
+    quiet_lightning()
+    predict_summary(task.run(path, images, tta=tta, top=top, out=out, batch_size=batch_size, bad_images=bad_images,
+                             progress=image_progress))
+
+
+@app.command()
+@user_errors
+def export(
+    path: Annotated[Path, typer.Argument(help="A run folder (of train or finetune) or a .ckpt file.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx (runs in onnxruntime; needs cnnlab[export]) or pt2 (torch.export).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The file to write; default RUN_DIR/model.onnx (.pt2), or NAME.onnx beside a .ckpt. Its metadata: FILE.json beside it.")] = None,
+    static_batch: Annotated[Optional[int], typer.Option("--static-batch", help="Fix the batch dimension at N images (default: dynamic).")] = None,
+) -> None:
+    """Export a run's network with its normalisation folded in (uint8 images in, logits out), checked against PyTorch on test images."""
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.console import error
+    from cnnlab.report.export import export_summary
+    from cnnlab.tasks import export as task
+
+    quiet_lightning()
+    try:
+        res = task.run(path, fmt, out=out, static_batch=static_batch)
+    except task.CheckFailed as e:  # not the user's input: the file does not compute what the run's network does
+        error(str(e))
+        raise typer.Exit(3) from None
+    export_summary(res)
 
 
 def main() -> None:

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 T = TypeVar("T")
 
+# every registry made, by the name `cnnlab list` gives it: a new registry is listed without editing the list
+ALL: dict[str, "Registry[Any]"] = {}
+
 
 def did_you_mean(name: str, choices: list[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
@@ -47,6 +50,21 @@ class Registry(Generic[T]):
         self._supplied = supplied
         self._parts: dict[str, T] = {}
         self._prefixes: dict[str, Callable[[str], T]] = {}
+        if self.listed_as in ALL:
+            raise KeyError(f"two registries would be listed as {self.listed_as!r}")
+        ALL[self.listed_as] = self
+
+    @property
+    def listed_as(self) -> str:
+        """The plural `cnnlab list` shows it under: 'augmentation op' -> 'ops', 'model' -> 'models'."""
+        return self.kind.split()[-1] + "s"
+
+    def prefixes(self) -> dict[str, Callable[[str], T]]:
+        """'<prefix>' -> the resolver of '<prefix>:<name>' parts (torchvision's models, for one)."""
+        return dict(self._prefixes)
+
+    def parts(self) -> dict[str, T]:
+        return dict(sorted(self._parts.items()))
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(part: T) -> T:

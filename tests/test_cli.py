@@ -20,7 +20,8 @@ def test_help_lists_the_commands(cli):
 
     out = cli("--help").output
     listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", out, re.M))  # the first word of each row of the commands box
-    assert listed == {"train", "eval", "augment", "finetune", "eval-tta", "bench-conv", "pack", "bench-data", "profile"}
+    assert listed == {"train", "eval", "augment", "finetune", "eval-tta", "bench-conv", "pack", "bench-data", "profile", "predict", "export",
+                      "tune", "list", "cp"}
 
 
 def test_train_smoke_end_to_end_then_eval(cli, smoke_run):

@@ -101,6 +101,7 @@ def register(alg: Algorithm) -> Algorithm:
 # ----------------------------------------------------------------------------- direct, loops
 
 def _direct(x, w, s, p, d, out):
+    """torch's own convolution (F.conv2d: oneDNN on a CPU, cuDNN on a GPU), the reference."""
     return F.conv2d(x, w, None, s, p, d)
 
 
@@ -127,6 +128,7 @@ register(Algorithm("loops", _loops))
 # ----------------------------------------------------------------------------- im2col
 
 def _im2col(x, w, s, p, d, out):
+    """Unfold every receptive field into a column (im2col), then one matmul with the flattened kernels."""
     cols = F.unfold(x, w.shape[-2:], dilation=d, padding=p, stride=s)  # (N, C*kh*kw, OH*OW)
     y = w.reshape(w.shape[0], -1) @ cols  # one GEMM, batched over N
     return y.view(x.shape[0], w.shape[0], *out)
@@ -248,6 +250,8 @@ def _winograd_on(m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tens
 
 def _winograd(m: int):
     def fn(x, w, s, p, d, out):
+        """Winograd F(m x m, 3 x 3): input tiles transformed, multiplied elementwise with the transformed
+        kernels (fewer multiplications than direct), transformed back; 3x3 kernels, stride 1 only."""
         a = m + 2  # input tile size
         BT, G, AT = _winograd_on(m, x.device, x.dtype)
         th, tw = math.ceil(out[0] / m), math.ceil(out[1] / m)

@@ -250,6 +250,15 @@ class ImageDataModule(pl.LightningDataModule):
         self.placement: dict | None = None  # where the images live while training: see place()
         self._placed: dict[str, tuple[Tensor, Tensor, None]] = {}  # split name -> (images, labels) on the device
 
+    @property
+    def batch_size(self) -> int:
+        """data.batch_size (the global batch): Lightning's batch-size finder reads and sets it here."""
+        return self.spec.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.spec.batch_size = int(value)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
             return

@@ -32,6 +32,7 @@ class Classifier(pl.LightningModule):
                  lr_scale: dict[str, float] | None = None, hparams: dict | None = None):
         super().__init__()
         self.net, self.augment, self.lr_scale = net, augment, lr_scale
+        self.exploring = False  # True under a learning-rate finder: a non-finite loss ends the fit, no Diverged
         self.optim, self.schedule, self.seed = optim, schedule, seed
         # what `cnnlab eval` and backbones need to rebuild this module from its checkpoint alone
         self.save_hyperparameters({**(hparams or {}), "num_classes": num_classes}, logger=False)
@@ -159,6 +160,9 @@ class Classifier(pl.LightningModule):
             nonfinite, high = (bool(f) for f in self.trainer.strategy.reduce(flags, reduce_op="sum").tolist())
         if not nonfinite and not high:
             self._high = 0
+            return
+        if nonfinite and self.exploring:  # a learning-rate finder drives the loss up on purpose: end its fit
+            self.trainer.should_stop = True
             return
         if nonfinite:
             what = what or "the loss or a gradient was not finite in another process"

@@ -22,7 +22,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks: list[pl.Callback] = (),
-                  has_val: bool = True, progress: bool = True, max_steps: int = -1) -> pl.Trainer:
+                  has_val: bool = True, progress: bool = True, max_steps: int = -1,
+                  root_dir: Path | None = None) -> pl.Trainer:
     """With `run` (a path, or a RunFolder that global rank 0 fills in before `fit`): a Trainer with
     the recipe's `trainer:` arguments, metrics.csv and checkpoints in the run folder; cnnlab's own
     samplers shard the data per process (`use_distributed_sampler=False`); `max_steps` ends a fit
@@ -45,6 +46,8 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
                             enable_version_counter=False)] if has_val else []
     cbs: list[pl.Callback] = [folder, *best, last, *callbacks, *bar]  # trainer.checkpoint_callback: the first
     args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0, "max_steps": max_steps}
+    if root_dir is not None:  # where Lightning's own scratch files go (the tuner's checkpoints), else the working folder
+        args["default_root_dir"] = str(root_dir)
     return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,
                       plugins=[AtomicCheckpointIO()], **common)
 

@@ -24,11 +24,13 @@ def conv_act(c_in: int, c_out: int, k: int, norm: bool) -> list[nn.Module]:
 
 @BLOCKS.register("7x7")
 def one_7x7(c_in: int, c_out: int, norm: bool = False) -> nn.Sequential:
+    """One 7x7 conv(+BN)+ReLU: a 7x7 receptive field in one layer."""
     return nn.Sequential(*conv_act(c_in, c_out, 7, norm))
 
 
 @BLOCKS.register("3x3x3")
 def three_3x3(c_in: int, c_out: int, norm: bool = False) -> nn.Sequential:
+    """Three 3x3 conv(+BN)+ReLU: the same 7x7 receptive field, fewer weights, three non-linearities."""
     return nn.Sequential(*conv_act(c_in, c_out, 3, norm), *conv_act(c_out, c_out, 3, norm),
                          *conv_act(c_out, c_out, 3, norm))
 

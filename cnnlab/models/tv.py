@@ -40,6 +40,8 @@ def replace_classifier(net: nn.Module, num_classes: int) -> nn.Module:
 
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
+    """Any torchvision classifier by name (torchvision:resnet18), random init or `weights` from a
+    local file, its classifier replaced for the data's classes."""
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)

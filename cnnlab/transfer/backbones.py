@@ -252,6 +252,8 @@ def tv_stages(stem: list[nn.Module], body: list[nn.Module]) -> tuple[nn.ModuleLi
 
 
 def _torchvision(name: str) -> Builder:
+    """A torchvision classifier's trunk as a backbone (torchvision:resnet18, ...), its weights from a
+    local file; the families with a stage table (see the error for the list)."""
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)

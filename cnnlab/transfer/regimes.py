@@ -48,6 +48,7 @@ def stage_lr(n: int, trained: range, spec) -> dict[str, float]:
 
 @REGIMES.register("linear")
 def linear(n: int, spec) -> Plan:
+    """The whole backbone frozen; a linear head on its last stage's pooled features (a linear probe)."""
     return Plan("linear", frozenset(range(n)), (n - 1,))
 
 
@@ -69,11 +70,13 @@ def stage_taps(stages: list[int] | None, n: int, backbone: str = "the backbone")
 
 @REGIMES.register("stages")
 def stages(n: int, spec) -> Plan:
+    """The whole backbone frozen; a linear head on the pooled features of the stages `finetune.stages` names."""
     return Plan("stages", frozenset(range(n)), stage_taps(spec.stages, n))
 
 
 @REGIMES.register("top")
 def top(n: int, spec) -> Plan:
+    """The top `finetune.top_k` stages trained (layer-wise learning rates), the rest frozen, a fresh head."""
     k = min(spec.top_k, n)
     trained = range(n - k, n)
     return Plan("top", frozenset(range(n - k)), (n - 1,), stage_lr(n, trained, spec),
@@ -82,6 +85,7 @@ def top(n: int, spec) -> Plan:
 
 @REGIMES.register("full")
 def full(n: int, spec) -> Plan:
+    """Every stage trained from the pretrained weights (after an optional head warm-up, `finetune.freeze_epochs`)."""
     return Plan("full", frozenset(), (n - 1,), stage_lr(n, range(n), spec),
                 frozenset(range(n)) if spec.freeze_epochs else frozenset())
 
@@ -98,6 +102,7 @@ def lp_ft(n: int, spec) -> Plan:
 
 @REGIMES.register("scratch")
 def scratch(n: int, spec) -> Plan:
+    """The same architecture from random initialisation: what the pretrained weights are measured against."""
     return Plan("scratch", frozenset(), (n - 1,), pretrained=False)
 
 
