@@ -26,17 +26,26 @@ def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 
 @contextmanager
-def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar of bytes written; its value advances it by n bytes."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+def counted_progress(total: int, description: str, *columns: Any) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar of `total` units with `columns` after the bar; its value advances it
+    by n units. Silent when the console is not a terminal (nothing to redraw in a log)."""
+    from rich.progress import BarColumn, Progress
 
-    if not console.is_terminal:  # nothing to redraw in a log
+    if not console.is_terminal:
         yield lambda n: None
         return
-    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("writing", total=total)
+    with Progress("{task.description}", BarColumn(), *columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def byte_progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar of bytes written; its value advances it by n bytes."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    with counted_progress(total, "writing", DownloadColumn(), TransferSpeedColumn()) as advance:
+        yield advance
 
 
 @contextmanager

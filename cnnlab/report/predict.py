@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.report.console import console, kv_table
+from cnnlab.report.console import console, counted_progress, kv_table
 
 SKIPPED_SHOWN = 10  # unreadable files listed by name; the rest counted (all of them are in the result)
 
@@ -16,15 +16,10 @@ SKIPPED_SHOWN = 10  # unreadable files listed by name; the rest counted (all of 
 def image_progress(total: int) -> Iterator[Callable[[int], None]]:
     """A transient progress bar of image files read and predicted; its value advances it by n files.
     Silent when the console is not a terminal (nothing to redraw in a log)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
 
-    if not console.is_terminal:
-        yield lambda n: None
-        return
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("predicting", total=total)
-        yield lambda n: bar.advance(task, n)
+    with counted_progress(total, "predicting", MofNCompleteColumn(), TimeRemainingColumn()) as advance:
+        yield advance
 
 
 def predictions_table(r: dict[str, Any]) -> Table:
