@@ -13,7 +13,10 @@ if not console.is_terminal:  # a log file or a pipe: wide tables stay on one lin
 
 
 def error(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """One error line on stderr; the message is text, not markup (a `[pretrained]` in it stays)."""
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:

@@ -102,9 +102,9 @@ def check_extra(fmt: str) -> None:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
-    if missing:  # the console renders user errors as rich markup, where [export] is a style tag: "\\[" shows "["
+    if missing:
         raise UserError(f"--format {fmt} needs the optional packages {', '.join(EXTRA[fmt])} (missing: "
-                        f"{', '.join(missing)}): pip install 'cnnlab\\[export]'")
+                        f"{', '.join(missing)}): pip install 'cnnlab[export]'")
 
 
 def check_static_batch(n: int | None) -> None:
