@@ -57,3 +57,17 @@ def device_free_bytes(device: Any) -> int:
 
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def host_free_bytes() -> int:
+    """Bytes of host memory a process can still take: the kernel's MemAvailable (page cache it can
+    drop included), else the free pages."""
+    import os
+
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

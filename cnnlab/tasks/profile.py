@@ -185,14 +185,9 @@ def default_data_folder() -> Path:
 
 
 def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        from cnnlab.env import device_free_bytes
+    from cnnlab.env import device_free_bytes, host_free_bytes
 
-        return device_free_bytes(device)
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return device_free_bytes(device) if device.type == "cuda" else host_free_bytes()
 
 
 def threads(recipe: Recipe, a: Assembled, scratch: Path, counts: list[int], warmup: int, steps: int,
@@ -301,7 +296,6 @@ def _profile(recipe: Recipe, folder: Path, steps: int, warmup: int, budget: int 
     on_step("loading the data and the model")
     a = assemble(recipe)
     timed = phases(recipe, a, scratch, steps, warmup, lambda k, n: on_step(f"training step {k} of {n}"))
-    device = a.module.device if a.module.device.type != "meta" else torch.device("cpu")
     device = torch.device("cuda") if recipe.trainer.accelerator in ("gpu", "cuda") or (
         recipe.trainer.accelerator == "auto" and torch.cuda.is_available()) else torch.device("cpu")
     a.module.to(device)

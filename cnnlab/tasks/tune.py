@@ -21,7 +21,7 @@ from cnnlab.engine.callbacks import RunFolder
 from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.signals import interruptible
 from cnnlab.engine.trainer import build_trainer
-from cnnlab.env import versions
+from cnnlab.env import host_free_bytes, versions
 from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json, write_recipe
 from cnnlab.profile import memory as mem
@@ -76,13 +76,6 @@ def _planner(recipe: Recipe, a: Any) -> tuple[float, float]:
     return mem.batch_scaling(reports[0], reports[1])
 
 
-def _free_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise UserError("--memory-budget: this machine does not say how much memory is free; give one, e.g. 8GB")
-
-
 def check_flags(lr: bool, batch_size: bool, memory_budget: str | None, steps: int) -> int | None:
     if lr == batch_size:
         raise UserError("cnnlab tune: give one of --lr (learning-rate range test) or --batch-size (largest batch)")
@@ -110,7 +103,7 @@ def run(recipe: Recipe, lr: bool = False, batch_size: bool = False, memory_budge
     try:
         with interruptible("tuning"):
             out = _lr(r, a, folder, steps, min_lr, max_lr, progress) if lr else \
-                _batch(r, a, folder, budget if budget is not None else _free_bytes(),
+                _batch(r, a, folder, budget if budget is not None else host_free_bytes(),
                        "--memory-budget" if budget is not None else "MemAvailable", max_trials, progress)
     except Interrupted as e:
         shutil.rmtree(folder, ignore_errors=True)
