@@ -10,6 +10,7 @@ each returning problems as (key path inside the section, message):
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -172,10 +173,62 @@ def _cpu_precision(precision: str) -> str:
     return f"'{precision}' needs a CUDA device; on cpu choose from {', '.join(ok)}"
 
 
+TRACKERS = ("csv", "tensorboard", "mlflow")
+# each tracker beyond metrics.csv, and the packages that can run it (any one of them): TensorBoardLogger
+# writes with tensorboard or tensorboardX; the track extra installs both trackers
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def missing_trackers(names: list[str]) -> list[str]:
+    """The trackers among `names` whose package is not installed. Asked of importlib's finders, never
+    by importing the package: mlflow alone takes seconds to import, and recipe checks stay fast."""
+    return [n for n in names if n in TRACKER_PACKAGES and not any(_installed(p) for p in TRACKER_PACKAGES[n])]
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or a module without a spec: not usable either
+        return False
+
+
+def tracker_problem(missing: list[str]) -> str:
+    """One line for the trackers that cannot run here, naming the extra that installs them."""
+    names = " and ".join(repr(n) for n in missing)
+    needs = "needs" if len(missing) == 1 else "need"
+    why = " (TensorBoardLogger writes with tensorboard or tensorboardX)" if missing == ["tensorboard"] else ""
+    return f"{names} {needs} the track extra{why}: pip install 'cnnlab[track]'"
+
+
 class OutputSpec(Spec):
     dir: str = "runs"  # run folders go to <dir>/<name>-<timestamp>/
     name: str | None = None  # a folder name; None = the recipe file's name
     plots: bool = True  # write curves.png
+    # experiment trackers beside metrics.csv, which always stays (cnnlab reads it): csv | tensorboard | mlflow
+    loggers: list[Literal[TRACKERS]] = Field(default_factory=lambda: ["csv"])  # type: ignore[valid-type]
+    mlflow_uri: str | None = None  # None = the SQLite store <dir>/mlflow.db (artifacts in <dir>/mlartifacts)
+    mlflow_experiment: str | None = None  # None = `name`, else "cnnlab"
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str]) -> list[str]:
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(repr, twice))} given twice; list each tracker once: "
+                             f"[{', '.join(dict.fromkeys(v))}]")
+        if "csv" not in v:
+            raise ValueError("csv must stay in the list (cnnlab's run folder reads metrics.csv); add trackers "
+                             f"beside it, e.g. [{', '.join(['csv', *v])}]")
+        return v
+
+    @field_validator("mlflow_uri", "mlflow_experiment")
+    @classmethod
+    def _not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not v.strip():
+            what = ("an MLflow tracking URI (sqlite:///path/mlflow.db, http://host:5000)" if info.field_name == "mlflow_uri"
+                    else "an MLflow experiment name")
+            raise ValueError(f"{what}, or null for the default; got {v!r}")
+        return v
 
     @field_validator("dir")
     @classmethod
@@ -192,8 +245,12 @@ class OutputSpec(Spec):
         return v
 
     def preflight(self) -> list[Problem]:
-        """Run folders can be made under `dir`: its nearest existing ancestor is a writable folder.
-        Nothing is created here."""
+        """Run folders can be made under `dir` (its nearest existing ancestor is a writable folder), and
+        the trackers asked for are installed. Nothing is created here."""
+        missing = missing_trackers(self.loggers)
+        return self._dir_problems() + ([(("loggers",), tracker_problem(missing))] if missing else [])
+
+    def _dir_problems(self) -> list[Problem]:
         here = Path(self.dir)
         try:
             while not here.exists() and here != here.parent:

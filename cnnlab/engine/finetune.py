@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnlab.data import ImageDataModule, Split
 from cnnlab.data.module import per_class
+from cnnlab.engine import trackers
 from cnnlab.engine.assemble import augmentation, chance, module_args, per_class_acc
 from cnnlab.engine.callbacks import RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import epochs_done, finetune_network
@@ -173,7 +174,7 @@ def fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: st
     schedule = [] if use_cache else [FreezeSchedule(plan, spec.freeze_epochs)]
     stop = StopOnSignal()
     trainer = build_trainer(recipe.trainer, folder, [*schedule, Throughput(), stop, *callbacks], has_val=has_val,
-                            progress=progress)
+                            progress=progress, loggers=trackers.build(recipe))
     try:
         return _fit_regime(recipe, source, data, regime, plan, folder, trainer, has_val, use_cache, solver,
                            on_start, progress, ckpt_path)
@@ -222,6 +223,8 @@ def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: s
     extract_s = time.perf_counter() - t0
     peak_lr = {} if solver else {f"group {i}": lr for i, lr in enumerate(module.peak_lrs())}
     open_folder(trainer, folder, recipe, "finetune")
+    if rank0:  # the run folder exists now: the trackers follow this regime's fit, named by its folder
+        trackers.start(trainer.loggers, folder.path, recipe)
     t1 = time.perf_counter()
     if solver:  # nothing to train: validate and test the solved head, and keep it as the run's checkpoint
         fit_s = probe.seconds
@@ -242,6 +245,7 @@ def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: s
                     "run_dir": str(folder.path), "regime": regime, "interrupted": e.record(), "resume": e.resume,
                     "epochs": epochs_logged(folder.path / "metrics.csv"), "seed": recipe.seed,
                     "resumed_from": str(ckpt_path) if ckpt_path else None})
+                trackers.finish(trainer.loggers, folder.path, "KILLED", e.checkpoint)
             raise
         fit_s = time.perf_counter() - t1
         fitted = perf(trainer)  # before test, which replaces the trainer's metrics
@@ -249,6 +253,7 @@ def _fit_regime(recipe: Recipe, source: Source, data: ImageDataModule, regime: s
         tested = test_fitted(trainer, recipe, module, fit_data, folder, best, progress)
     if not trainer.is_global_zero:
         return None
+    trackers.finish(trainer.loggers, folder.path, "FINISHED", best or folder.path / "checkpoints" / "last.ckpt")
     return {
         "regime": regime,
         "test_acc": tested["test/acc"],

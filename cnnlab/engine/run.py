@@ -12,26 +12,31 @@ import pytorch_lightning as pl
 import torch
 
 from cnnlab.data.module import describe, per_process_batch
-from cnnlab.engine import tta
+from cnnlab.engine import trackers, tta
 from cnnlab.engine.assemble import Assembled, assemble, chance, per_class_acc
 from cnnlab.engine.callbacks import MetricsCSV, RunFolder, Throughput, launch_rank, perf
 from cnnlab.engine.checkpoint import epochs_done
 from cnnlab.engine.signals import StopOnSignal
 from cnnlab.engine.trainer import build_trainer, evaluator
 from cnnlab.env import device_info, versions
-from cnnlab.errors import Interrupted
+from cnnlab.errors import Diverged, Interrupted
 from cnnlab.io import best_metric, epochs_logged, last_checkpoint, new_run_dir, write_json, write_recipe
 from cnnlab.precision import weight_memory
 from cnnlab.recipe import Recipe
 
 
-def open_folder(trainer: pl.Trainer, folder: RunFolder, recipe: Recipe, name: str) -> bool:
+def open_folder(trainer: pl.Trainer, folder: RunFolder, recipe: Recipe, name: str, fixed: Path | None = None) -> bool:
     """Global rank 0 makes the run folder and writes recipe.yaml before `fit` (RunFolder.setup then
     broadcasts the folder to every process); the other processes write nothing. Returns whether
-    this process made it. A folder already set (a resumed run, a sweep's cell) is kept."""
+    this process made it. A folder already set (a resumed run) is kept; `fixed` names the folder
+    to make (a sweep's cell), else it is a new timestamped one under output.dir."""
     if folder.path is not None or launch_rank(trainer) != 0:
         return False
-    folder.path = new_run_dir(recipe.output.dir, recipe.output.name or name)
+    if fixed is not None:
+        fixed.mkdir(parents=True, exist_ok=True)
+        folder.path = fixed
+    else:
+        folder.path = new_run_dir(recipe.output.dir, recipe.output.name or name)
     write_recipe(folder.path, recipe.dump())
     return True
 
@@ -55,7 +60,9 @@ def test_fitted(trainer: pl.Trainer, recipe: Recipe, module: pl.LightningModule,
     if launch_rank(trainer) == 0:
         csv = MetricsCSV()
         csv.start(folder.path / "metrics.csv")
-        csv.log_metrics({**tested, "epoch": epochs_done(ckpt)}, step=state["global_step"])
+        row = {**tested, "epoch": epochs_done(ckpt)}
+        for logger in [csv, *trainer.loggers[1:]]:  # the trackers too: they saw the fit in the workers
+            logger.log_metrics(row, step=state["global_step"])
     return tested
 
 
@@ -72,10 +79,15 @@ def _tta(recipe: Recipe, a: Assembled, ckpt: Path, run_dir: Path, progress: bool
 
 def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callback] = (),
           progress: bool = True, resume_overrides: list[str] = (),
-          on_data: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+          on_data: Callable[[dict[str, Any]], None] | None = None, run_dir: Path | None = None,
+          tracking: trackers.Group | None = None, cell: str | None = None) -> dict[str, Any] | None:
     """Train, test the best checkpoint, write the run folder; returns results.json's content on
     global rank 0 (None on the other processes of a data-parallel run, which write nothing).
-    `on_data` gets the data report as soon as the data is loaded (on global rank 0)."""
+    `on_data` gets the data report as soon as the data is loaded (on global rank 0). `run_dir`: a
+    folder named by the caller (a sweep's cell), made here with its recipe.yaml, instead of a new
+    timestamped one under output.dir. The recipe's trackers (output.loggers) log the run too; in a
+    sweep's `tracking` group, as the cell named `cell`."""
+    loggers = trackers.build(recipe, tracking, cell)  # a missing tracker package fails before any work
     a = assemble(recipe)
     if recipe.eval.tta:  # views that do not fit the images: an error before any folder is made
         tta.checked(recipe, recipe.eval.tta, a.data.test.take(torch.arange(min(1, len(a.data.test.labels)))).images)
@@ -84,24 +96,26 @@ def train(recipe: Recipe, resume: Path | None = None, callbacks: list[pl.Callbac
     folder = RunFolder(resume, keep_epochs_before=epochs_done(ckpt_path) if ckpt_path else None)
     stop = StopOnSignal()
     trainer = build_trainer(recipe.trainer, folder, [Throughput(), stop, *callbacks], has_val=has_val,
-                            progress=progress)
+                            progress=progress, loggers=loggers)
     try:
-        return _train(recipe, a, trainer, folder, stop, has_val, ckpt_path, progress, resume_overrides, on_data)
+        return _train(recipe, a, trainer, folder, stop, has_val, ckpt_path, progress, resume_overrides, on_data, run_dir)
     finally:
         stop.restore()
 
 
 def _train(recipe: Recipe, a: Assembled, trainer: pl.Trainer, folder: RunFolder, stop: StopOnSignal, has_val: bool,
            ckpt_path: Path | None, progress: bool, resume_overrides: list[str],
-           on_data: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+           on_data: Callable[[dict[str, Any]], None] | None, run_dir: Path | None) -> dict[str, Any] | None:
     per_process_batch(recipe.data.batch_size, trainer.world_size)  # before any folder is made
     data_report = describe(a.data)
     if on_data is not None and launch_rank(trainer) == 0:
         on_data(data_report)
-    if open_folder(trainer, folder, recipe, "run") and a.pipeline is not None and a.pipeline.fitted:
+    if open_folder(trainer, folder, recipe, "run", Path(run_dir) if run_dir is not None else None) and a.pipeline is not None and a.pipeline.fitted:
         # e.g. PCA lighting's eigenpairs, as evidence (a resumed run keeps the files it started with)
         write_json(folder.path / "augment_fit.json", {k: {n: t.tolist() for n, t in v.items()}
                                                       for k, v in a.pipeline.fitted.items()})
+    if launch_rank(trainer) == 0:  # the folder exists here now (a resumed run's, too)
+        trackers.start(trainer.loggers, folder.path, recipe)
     t0 = time.perf_counter()
     try:
         trainer.fit(a.module, datamodule=a.data, ckpt_path=ckpt_path)
@@ -112,6 +126,11 @@ def _train(recipe: Recipe, a: Assembled, trainer: pl.Trainer, folder: RunFolder,
                 "run_dir": str(folder.path), "interrupted": e.record(), "resume": e.resume,
                 "epochs": epochs_logged(folder.path / "metrics.csv"), "seed": recipe.seed, "versions": versions(),
                 "resumed_from": str(ckpt_path) if ckpt_path else None})
+            trackers.finish(trainer.loggers, folder.path, "KILLED", e.checkpoint)
+        raise
+    except Diverged as e:
+        if trainer.is_global_zero:
+            trackers.finish(trainer.loggers, folder.path, "FAILED", e.checkpoint)
         raise
     wall = time.perf_counter() - t0
     fitted = perf(trainer)
@@ -156,6 +175,7 @@ def _train(recipe: Recipe, a: Assembled, trainer: pl.Trainer, folder: RunFolder,
 
         plot_curves(metrics, run_dir / "curves.png", recipe.optim.label_smoothing)
     late = stop.after_training(trainer.global_step, results["checkpoint"])
+    trackers.finish(trainer.loggers, run_dir, "FINISHED" if late is None else "KILLED", results["checkpoint"])
     if late is not None:
         raise late
     return results

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from cnnlab.engine.callbacks import MetricsCSV, RunFolder
@@ -23,9 +24,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks: list[pl.Callback] = (),
                   has_val: bool = True, progress: bool = True, max_steps: int = -1,
-                  root_dir: Path | None = None) -> pl.Trainer:
+                  root_dir: Path | None = None, loggers: list[Logger] = ()) -> pl.Trainer:
     """With `run` (a path, or a RunFolder that global rank 0 fills in before `fit`): a Trainer with
-    the recipe's `trainer:` arguments, metrics.csv and checkpoints in the run folder; cnnlab's own
+    the recipe's `trainer:` arguments, metrics.csv and checkpoints in the run folder, `loggers` (the
+    recipe's trackers, cnnlab.engine.trackers) after MetricsCSV, which stays first; cnnlab's own
     samplers shard the data per process (`use_distributed_sampler=False`); `max_steps` ends a fit
     early (the profiler's few steps; the schedule still spans the recipe's epochs). Without: one device that
     only evaluates or predicts, at `t.accelerator` and `t.precision`: no logger, no checkpoints."""
@@ -48,8 +50,9 @@ def build_trainer(t: TrainerSpec, run: Path | RunFolder | None = None, callbacks
     args = {**t.trainer_args(), "limit_val_batches": t.limit_val_batches if has_val else 0, "max_steps": max_steps}
     if root_dir is not None:  # where Lightning's own scratch files go (the tuner's checkpoints), else the working folder
         args["default_root_dir"] = str(root_dir)
-    return pl.Trainer(**args, callbacks=cbs, logger=MetricsCSV(), num_sanity_val_steps=0, use_distributed_sampler=False,
-                      plugins=[AtomicCheckpointIO()], **common)
+    return pl.Trainer(**args, callbacks=cbs, logger=[MetricsCSV(), *loggers], num_sanity_val_steps=0,
+                      use_distributed_sampler=False, plugins=[AtomicCheckpointIO()], **common)
+
 
 def evaluator(accelerator: str = "auto", precision: str = "32-true", progress: bool = True) -> pl.Trainer:
     """A one-device Trainer that only evaluates or predicts."""
