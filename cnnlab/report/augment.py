@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cnnlab.report.console import console
 from cnnlab.report.plots import pyplot, save
+from cnnlab.report.sweep import sweep_table
 
 
 def plot_grid(g, out_png: Path) -> None:
@@ -57,43 +58,7 @@ def augment_summary(r: dict[str, Any]) -> None:
     if "bench" in r:
         bench_table(r["bench"])
     if "ablation" in r:
-        ablation_table(r["ablation"])
+        a = r["ablation"]
+        sweep_table(a, title=f"augmentation ablation: test accuracy at an equal budget ({a['epochs']} epochs, "
+                             f"{a['images_per_class'] or 'all'} images/class, seeds {', '.join(map(str, a['seeds']))})")
         console.print(f"wrote {r['ablation_plot']}", highlight=False)
-
-
-def ablation_table(a: dict[str, Any]) -> None:
-    seeds = a["seeds"]
-    t = Table(title=f"augmentation ablation: test accuracy at an equal budget ({a['epochs']} epochs, "
-                    f"{a['images_per_class'] or 'all'} images/class, seeds {', '.join(map(str, seeds))})",
-              title_justify="left")
-    t.add_column("variant")
-    t.add_column("test acc" + (" (mean ± sd)" if len(seeds) > 1 else ""), justify="right")
-    t.add_column("vs none", justify="right")
-    t.add_column("train time/run", justify="right")
-    for row in a["variants"]:
-        gain = row["gain_vs_none"]
-        style = "green" if gain > 0 else "red" if gain < 0 else ""
-        acc = f"{row['test_acc']:.2%}" + (f" ± {row['test_acc_std']:.2%}" if len(seeds) > 1 else "")
-        t.add_row(row["variant"], acc, f"[{style}]{gain:+.2%}[/]" if row["variant"] != "none" else "—",
-                  f"{row['wall_time_s']:.0f} s")
-    console.print(t)
-
-
-def plot_ablation(a: dict[str, Any], out_png: Path) -> None:
-    plt = pyplot()
-    names = [r["variant"] for r in a["variants"]]
-    accs = [r["test_acc"] * 100 for r in a["variants"]]
-    errs = [r["test_acc_std"] * 100 for r in a["variants"]]
-    none = accs[0]
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 4))
-    colors = ["#888888"] + ["#2a9d8f" if v > none else "#e76f51" for v in accs[1:]]
-    ax.bar(names, accs, color=colors, yerr=errs if len(a["seeds"]) > 1 else None, capsize=3)
-    ax.axhline(none, color="black", lw=0.8, ls="--", label="no augmentation")
-    lo, hi = min(a - e for a, e in zip(accs, errs)), max(a + e for a, e in zip(accs, errs))
-    ax.set_ylim(max(0, lo - 2 * (hi - lo + 0.5)), hi + 0.5)
-    for i, v in enumerate(accs):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"augmentation ablation, {a['epochs']} epochs, equal budget, {len(a['seeds'])} seed(s)")
-    ax.legend(loc="lower right")
-    save(fig, out_png)

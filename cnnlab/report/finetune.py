@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cnnlab.report.console import at_chance, console
 from cnnlab.report.plots import pyplot, save
+from cnnlab.report.sweep import sweep_table
 
 
 def finetune_summary(r: dict[str, Any]) -> None:
@@ -40,19 +41,9 @@ def finetune_summary(r: dict[str, Any]) -> None:
 
 def sweep_summary(r: dict[str, Any]) -> None:
     """Every regime's test accuracy per (recipe, size), best marked; then the lecture's 2x2 table."""
-    regimes = list(dict.fromkeys(x["regime"] for x in r["runs"]))
-    t = Table(title=f"test accuracy per regime ({r['run_dir']})", title_justify="left")
-    t.add_column("recipe")
-    t.add_column("data")
-    t.add_column("images/class", justify="right")
-    for name in regimes:
-        t.add_column(name, justify="right")
-    for cell in r["grid"]:
-        accs = {x["regime"]: x["test_acc"] for x in r["runs"] if x["recipe"] == cell["recipe"] and x["size"] == cell["size"]}
-        row = [f"[bold green]{accs[g]:.1%} *[/]" if g == cell["best"] else f"{accs[g]:.1%}" if g in accs else "-"
-               for g in regimes]
-        t.add_row(cell["recipe"], "similar" if cell["similar"] else "different", str(cell["size"]), *row)
-    console.print(t)
+    sweep_table({"seeds": [r["seed"]], "baseline": "the first regime", "rows": r["rows"], "sweep_dir": r["run_dir"],
+                 "device": r["device"], "wall_time_s": r["wall_time_s"]},
+                title=f"test accuracy per regime ({r['run_dir']}); each recipe and size against its first regime")
     sizes = list(dict.fromkeys(c["size"] for c in r["grid"]))  # as the recipes list them, ascending
     g = Table(title="the lecture's table: best regime measured, and `auto`'s pick (measured similarity, data size)",
               title_justify="left")

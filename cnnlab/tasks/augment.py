@@ -2,11 +2,10 @@
 each op buys in test accuracy at an equal training budget (ablate)."""
 from __future__ import annotations
 
-import copy
-import statistics
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -15,11 +14,11 @@ from cnnlab.augment import Pipeline, build_pipeline
 from cnnlab.bench.augment import bench
 from cnnlab.data import ImageDataModule
 from cnnlab.engine.assemble import require_one_process
-from cnnlab.engine.run import train
-from cnnlab.engine.signals import interruptible
+from cnnlab.engine.sweep import drive, plan
 from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json, write_recipe
-from cnnlab.recipe import Recipe, validate
+from cnnlab.recipe import Recipe
+from cnnlab.sweep.spec import SweepSpec
 
 
 def prepare(recipe: Recipe) -> tuple[ImageDataModule, Pipeline]:
@@ -64,62 +63,46 @@ def _fit(x: Tensor, H: int, W: int) -> Tensor:
     return resize(x, H) if H == W else torch.nn.functional.interpolate(x.float(), (H, W)).to(x.dtype)
 
 
-def ablation_variants(ops: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """No augmentation, each op alone, and the whole pipeline."""
-    return [("none", []), *((op["name"], [op]) for op in ops), ("all", ops)]
+def ablation_variants(ops: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """No augmentation, each op alone, and the whole pipeline, as sweep variants (overrides of
+    augment.ops); an op named twice gets a number."""
+    out: dict[str, list[str]] = {"none": ["augment.ops=[]"]}
+    for op in ops:
+        name, k = op["name"], 2
+        while name in out:
+            name, k = f"{op['name']} #{k}", k + 1
+        out[name] = [f"augment.ops={json.dumps([op])}"]
+    out["all"] = [f"augment.ops={json.dumps(ops)}"]
+    return out
 
 
-def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Ordinary cnnlab training runs per variant and seed (recipe seed, +1, ...): same data, model
-    and budget; the runs are kept under `out_dir`. Test accuracy per variant as the mean over seeds,
-    with its spread, and the mean gain over 'none' (paired by seed)."""
+def ablate(recipe: Recipe, out_dir: Path, seeds: int = 1, progress: bool = True,
+           on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """A sweep of ordinary training runs per variant and seed (recipe seed, +1, ...): same data,
+    model and budget, run as the recipe's launcher: section says (side by side by default), kept
+    under `out_dir` (resumable with `cnnlab sweep --resume`). The sweep's summary: test accuracy per
+    variant as the mean over seeds with its spread, and the difference from 'none' paired by seed."""
     if not recipe.augment.ops:
         raise UserError("augment.ops: the recipe has no augmentation ops to ablate")
-    base = recipe.dump()
-    seed_list = [recipe.seed + k for k in range(seeds)]
-    runs: dict[str, list[dict[str, Any]]] = {}
-    variants = ablation_variants(base["augment"]["ops"])
+    r = recipe.model_copy(deep=True)
+    r.sweep = SweepSpec(seeds=[recipe.seed + k for k in range(seeds)],
+                        variants=ablation_variants(recipe.dump()["augment"]["ops"]))
+    p = plan(r, source="augment --ablate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset}
     try:
-        for name, ops in variants:
-            for seed in seed_list:
-                raw = copy.deepcopy(base)
-                raw["augment"]["ops"], raw["seed"] = ops, seed
-                raw["output"].update(dir=str(out_dir), name=f"{name}-seed{seed}")
-                r = validate(raw, f"ablation variant {name}")
-                runs.setdefault(name, []).append(train(r, progress=progress))
-    except Interrupted as e:  # the runs finished so far make the table
-        e.partial = {"variants": summarise_ablation({k: v for k, v in runs.items() if v}),
-                     "epochs": recipe.trainer.max_epochs, "images_per_class": recipe.data.subset, "seeds": seed_list,
-                     "interrupted": {**e.record(), "runs_done": sum(map(len, runs.values())),
-                                     "runs_planned": len(variants) * len(seed_list)}}
+        s = drive(p, out_dir, recipe.launcher, progress, on_trial, command="cnnlab augment --ablate", plots=False)
+    except Interrupted as e:
+        e.partial.update(extra)
         raise
-    return {"variants": summarise_ablation(runs), "epochs": recipe.trainer.max_epochs,
-            "images_per_class": recipe.data.subset, "seeds": seed_list}
-
-
-def summarise_ablation(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per variant (the first is 'none'), from its runs' results in seed order: test accuracy
-    as the mean over seeds with its sample sd, the mean wall time, and the gain over 'none' paired by
-    seed (the same seed shares initial weights and batch order)."""
-    rows = []
-    for name, rs in runs.items():
-        accs = [r["test_acc"] for r in rs]
-        rows.append({"variant": name, "test_acc": statistics.mean(accs),
-                     "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_accs": accs,
-                     "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs), "run_dirs": [r["run_dir"] for r in rs]})
-    if not rows:  # stopped before the first run finished
-        return rows
-    none = rows[0]["test_accs"]
-    for row in rows:
-        row["gain_vs_none"] = statistics.mean(a - b for a, b in zip(row["test_accs"], none))
-    return rows
+    return {**s, **extra}
 
 
 def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, ablate_seeds: int | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The grid (always), the throughput bench (with a batch size) and the ablation (with a number of
     seeds), written to one run folder: augment_grid.png, ablation.png, results.json (returned)."""
-    from cnnlab.report.augment import plot_ablation, plot_grid
+    from cnnlab.report.augment import plot_grid
 
     require_one_process(recipe, "augment")
     data, pipe = prepare(recipe)  # loads the data: a bad root fails here, before any folder exists
@@ -133,16 +116,16 @@ def run(recipe: Recipe, rows: int = 6, bench_batch_size: int | None = None, abla
     if b is not None:
         results["bench"] = b
     if ablate_seeds:
+        from cnnlab.report.sweep import plot_sweep
+
         try:
-            with interruptible("ablating"):
-                results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress)
+            results["ablation"] = a = ablate(recipe, run_dir / "ablation", seeds=ablate_seeds, progress=progress,
+                                             on_trial=on_trial)
         except Interrupted as e:
             results.update(ablation=e.partial, interrupted=e.partial["interrupted"])
             write_json(run_dir / "results.json", results)
-            i = e.partial["interrupted"]
-            raise e.kept(f"{i['runs_done']} of {i['runs_planned']} ablation runs finished and kept; the partial "
-                         f"table is in {run_dir / 'results.json'} (marked interrupted)")
-        plot_ablation(a, run_dir / "ablation.png")
+            raise
+        plot_sweep(a, run_dir / "ablation.png", title=f"augmentation ablation, {a['epochs']} epochs, equal budget")
         results["ablation_plot"] = str(run_dir / "ablation.png")
     write_json(run_dir / "results.json", results)
     return results

@@ -18,6 +18,7 @@ from cnnlab.engine.signals import interruptible
 from cnnlab.errors import Interrupted, UserError
 from cnnlab.io import new_run_dir, write_json, write_recipe
 from cnnlab.recipe import Recipe
+from cnnlab.sweep import summarise
 from cnnlab.transfer import REGIMES
 
 
@@ -121,6 +122,7 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
     results = {"run_dir": str(run_dir), "recipes": {n: _meta(r, src) for n, r, src in sources}, "grid": cells,
                "wall_time_s": wall, "device": device,
                "versions": versions(), "seed": first.seed}
+    results["rows"] = summary_rows(rows, first.seed)
     write_json(run_dir / "regimes.json", {"runs": rows})
     write_json(run_dir / "results.json", results)
     if first.output.plots:
@@ -129,6 +131,18 @@ def sweep(recipes: list[tuple[str, Recipe]], progress: bool = True) -> dict[str,
         plot_regimes(rows, run_dir / "regimes.png")
     results["runs"] = rows
     return results
+
+
+def summary_rows(fits: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The sweeps' one summary (cnnlab.sweep.summarise) of every fit, one group per (recipe, size)
+    whose baseline is its first regime: the differences compare regimes on the same data."""
+    out: list[dict[str, Any]] = []
+    for name, size in dict.fromkeys((x["recipe"], x["size"]) for x in fits):
+        group = [{"cell": f"{name}, {size}/class: {x['regime']}", "seed": seed, "status": "done", "test_acc": x["test_acc"],
+                  "test_loss": x["test_loss"], "train_images_per_s": x.get("train_images_per_s"),
+                  "wall_time_s": x["features_s"] + x["fit_s"]} for x in fits if (x["recipe"], x["size"]) == (name, size)]
+        out += summarise(group)
+    return out
 
 
 def _sweep_cells(sources: list[tuple[str, Recipe, Source]], run_dir: Path, n_recipes: int, rows: list[dict[str, Any]],
