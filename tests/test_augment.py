@@ -237,6 +237,7 @@ def test_augment_cli_grid_bench_and_ablation(cli, tmp_path):
     recipe = write(tmp_path / "a.yaml", (RECIPES / "smoke.yaml").read_text() +
                    "augment:\n  ops:\n    - {name: shift, max_px: 2}\n")
     res = cli("augment", str(recipe), "--rows", "3", "--bench", "--ablate", "--set", f"output.dir={cli.runs}",
+              "--set", "launcher.jobs=1",  # in this process: the process pool is tests/test_sweep.py's
               "--set", "trainer.max_epochs=1", "--set", "data.batch_size=64", "--batch-size", "64")
     assert res.exit_code == 0, res.output
     [run] = list(cli.runs.iterdir())

@@ -234,6 +234,7 @@ SWEEP = ("sweep={seeds: [0, 1], variants: {float32: [], "
 @pytest.mark.slow
 def test_the_sweep_runs_every_variant_per_seed_and_writes_table_curves_and_json(cli):
     res = cli("train", str(RECIPES / "smoke.yaml"), "--sweep", "--set", f"output.dir={cli.runs}", "--set", SWEEP,
+              "--set", "launcher.jobs=1",  # in this process: the process pool is tests/test_sweep.py's
               "--set", "trainer.max_epochs=2", "--set", "data.subset=16", "--set", "data.test_subset=10")
     assert res.exit_code == 0, res.output
     [out] = list(cli.runs.iterdir())

@@ -41,6 +41,21 @@ def test_variants_cross_the_grid():
     assert cs[2].overrides == ["optim.name=adamw", "optim.lr=0.1"]
 
 
+def test_a_recipes_sweep_section_holds_the_grid_and_the_flags_win():
+    from cnnlab import recipe as rc
+    from cnnlab.engine.sweep import plan
+
+    r = rc.load(RECIPES / "sweep_lr.yaml")
+    p = plan(r, preflight=False)
+    assert [c.label for c in p.cells] == ["optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.2"] and p.seeds == [0, 1, 2]
+    assert len(p.trials) == 9 and p.recipes[p.trials[-1].id].optim.lr == 0.2 and p.recipes[p.trials[-1].id].seed == 2
+    p = plan(r, {"optim.lr": [0.3], "model.depth": [1, 2]}, [5], preflight=False)  # --grid replaces a key, adds one
+    assert [c.label for c in p.cells] == ["optim.lr=0.3 model.depth=1", "optim.lr=0.3 model.depth=2"] and p.seeds == [5]
+    assert "sweep" not in p.base and p.recipes[p.trials[1].id].model.depth == 2
+    with pytest.raises(UserError, match=r"sweep.grid.seed"):
+        rc.load(None, ["sweep={grid: {seed: [1, 2]}}"])
+
+
 @pytest.mark.parametrize("item, message", [
     ("optim.lr", "expected KEY=[V1, V2, ...]"),
     ("optim.lr=0.1", "a non-empty list of values in brackets"),
@@ -169,6 +184,7 @@ def _seed0(accuracies: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in accuracies.items() if k.endswith("-seed0")}
 
 
+@pytest.mark.slow  # fresh interpreters: a process pool, submitit jobs
 def test_trials_side_by_side_match_one_at_a_time_at_equal_threads(cli, one_at_a_time):
     res = cli("sweep", SMOKE, "--grid", "optim.lr=[0.05, 0.2]", "--jobs", "2", "--threads", "1",
               *sets(*TINY, f"output.dir={cli.runs}"))
@@ -179,6 +195,7 @@ def test_trials_side_by_side_match_one_at_a_time_at_equal_threads(cli, one_at_a_
     assert json.loads((sweep / "sweep.json").read_text())["jobs"] == 2
 
 
+@pytest.mark.slow  # fresh interpreters: a process pool, submitit jobs
 def test_submitits_local_executor_runs_the_sweep_to_the_same_table(cli, one_at_a_time):
     res = cli("sweep", SMOKE, "--grid", "optim.lr=[0.05, 0.2]", "--jobs", "2", "--threads", "1",
               "--launcher", "submitit", *sets(*TINY, f"output.dir={cli.runs}"))
@@ -269,6 +286,7 @@ def test_sigint_to_the_driver_stops_the_trials_in_flight_at_a_checkpoint_and_res
 
 
 
+@pytest.mark.slow  # MLflow's import and a new store
 def test_a_sweeps_trials_are_child_runs_of_one_mlflow_parent_and_share_one_tensorboard_folder(cli):
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
