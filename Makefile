@@ -57,6 +57,7 @@ bench: setup data
 	$(PY) benchmarks/tta_throughput.py
 	$(PY) benchmarks/cpu_data_parallel.py
 	$(PY) benchmarks/sweep_parallel.py
+	$(PY) benchmarks/sweep_parallel.py --set trainer.max_epochs=40
 	$(VENV)/bin/cnnlab bench-conv --stacking
 	$(VENV)/bin/cnnlab bench-data
 	$(PY) benchmarks/memory_planner.py

@@ -128,19 +128,15 @@ def _sweep(r, grid: list[str] = (), seeds: int | None = None, jobs: str | None =
            launcher: str | None = None, resume: Path | None = None, command: str = "cnnlab sweep") -> None:
     """Run (or resume) a sweep and print its table; a stopped sweep prints the table of what finished."""
     from cnnlab.engine.callbacks import quiet_lightning
-    from cnnlab.report.sweep import sweep_table, trial_line
+    from cnnlab.report.sweep import sweep_table, table_if_stopped, trial_line
     from cnnlab.tasks import sweep as task
 
     quiet_lightning()
-    try:
+    with table_if_stopped():
         if resume is not None:
             s = task.resume(resume, jobs, threads, launcher, on_trial=trial_line)
         else:
             s = task.run(r, grid, seeds, jobs, threads, launcher, on_trial=trial_line, command=command)
-    except Interrupted as e:  # the table of the trials finished, then the one line
-        if e.partial and e.partial["rows"]:
-            sweep_table(e.partial)
-        raise
     sweep_table(s)
 
 
@@ -217,17 +213,13 @@ def augment(
     built_in(recipe)
     from cnnlab.engine.callbacks import quiet_lightning
     from cnnlab.report.augment import augment_summary
-    from cnnlab.report.sweep import sweep_table, trial_line
+    from cnnlab.report.sweep import table_if_stopped, trial_line
     from cnnlab.tasks import augment as task
 
     quiet_lightning()
-    try:
+    with table_if_stopped():  # the ablation's table of the runs finished, then the one line
         res = task.run(r, rows=rows, bench_batch_size=batch_size if bench else None,
                        ablate_seeds=seeds if ablate else None, on_trial=trial_line)
-    except Interrupted as e:  # the ablation's table of the runs finished, then the one line
-        if e.partial and e.partial["rows"]:
-            sweep_table(e.partial)
-        raise
     augment_summary(res)
 
 

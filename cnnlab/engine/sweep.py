@@ -10,8 +10,9 @@ Layout of a sweep folder:
   STOP                   written when the sweep is stopped: a trial not yet started does not start
 
 No scheduler of cnnlab's own: the local launcher is the standard library's process pool (one
-process per job, `threads` torch threads each, so jobs x threads never exceeds the cores), the
-cluster one is submitit's executor (Slurm's scheduler, or submitit's local executor)."""
+process per job, forked from the driver where that is safe, `threads` torch threads each, so jobs x
+threads never exceeds the cores), the cluster one is submitit's executor (Slurm's scheduler, or
+submitit's local executor)."""
 from __future__ import annotations
 
 import os
@@ -238,9 +239,9 @@ class Launch:
     flight (each stops after its current step, keeping a checkpoint) and lets no other start."""
 
     def __init__(self, root: Path, todo: list[Trial], jobs: int, threads: int, spec: LauncherSpec, report: Report,
-                 progress: bool):
+                 progress: bool, fork: bool = False):
         self.root, self.todo, self.jobs, self.threads, self.spec = root, todo, jobs, threads, spec
-        self.report, self.progress = report, progress
+        self.report, self.progress, self.fork = report, progress, fork
         self._stop_hooks: list[Callable[[int], None]] = []
 
     def run(self) -> None:
@@ -267,7 +268,7 @@ class Launch:
     def _pool(self) -> None:
         import multiprocessing
 
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads or locks
+        ctx = multiprocessing.get_context("fork" if self.fork else "spawn")
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(self.threads,)) as pool:
             def forward(signum: int) -> None:
                 for proc in list(getattr(pool, "_processes", {}).values()):
@@ -352,6 +353,20 @@ class Launch:
 
 # --------------------------------------------------------------------------- the driver
 
+def can_fork(group: Any) -> bool:
+    """Whether pool processes may be forked from the driver rather than started as fresh interpreters.
+    A forked worker starts in milliseconds with torch and Lightning already imported; a fresh one
+    spends seconds importing them (about 6 s on a 2-core machine, longer than a short trial), which
+    took the whole gain of running trials side by side. Forking is safe here: the driver has
+    imported torch but run no kernels and made no CUDA context (a GPU sweep runs one trial at a
+    time), and PyTorch resets its thread pools in a forked child, as DataLoader workers rely on.
+    Not with an MLflow group: the driver then holds an open SQLite connection, which must not be
+    shared across a fork."""
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods() and (group is None or group.parent_run_id is None)
+
+
 def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_trial: Report | None = None,
           command: str = "cnnlab sweep", plots: bool = True) -> dict[str, Any]:
     """Run the plan's trials that have no kept outcome in `root` (all of them in a new sweep) and
@@ -394,7 +409,7 @@ def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_tri
     t0 = time.perf_counter()
     try:
         with interruptible("sweeping"):
-            Launch(root, todo, jobs, threads, spec, report, progress and jobs == 1).run()
+            Launch(root, todo, jobs, threads, spec, report, progress and jobs == 1, can_fork(group)).run()
     except Interrupted as e:
         s = summary(p, root, outcomes, record, time.perf_counter() - t0)
         finished_n = sum(o["status"] in KEPT for o in outcomes.values())

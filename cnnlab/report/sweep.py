@@ -3,12 +3,14 @@ a line per trial as it ends, the one table of cells, the metric against each gri
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.markup import escape
 from rich.table import Table
 
+from cnnlab.errors import Interrupted
 from cnnlab.report.console import console
 from cnnlab.report.plots import pyplot, save
 
@@ -81,6 +83,17 @@ def sweep_table(s: dict[str, Any], title: str | None = None) -> None:
                      f"({s['launcher']}; {s['jobs_why']})")
     parts.append(f"wall time {s.get('wall_time_s', 0):.0f} s; runs and sweep.json in {s['sweep_dir']}")
     console.print("; ".join(parts), highlight=False)
+
+
+@contextmanager
+def table_if_stopped() -> Iterator[None]:
+    """A sweep stopped by a signal prints the table of the trials it finished, then its one line."""
+    try:
+        yield
+    except Interrupted as e:
+        if e.partial and e.partial.get("rows"):
+            sweep_table(e.partial)
+        raise
 
 
 def _value_key(v: Any) -> Any:
