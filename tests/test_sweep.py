@@ -174,7 +174,8 @@ def test_a_sweep_through_the_cli_gives_one_table_with_paired_differences(one_at_
         run = Path(t["run_dir"])
         recipe = (run / "recipe.yaml").read_text()
         assert f"lr: {t['cell'].split('=')[1]}" in recipe and f"seed: {t['seed']}" in recipe
-        assert json.loads((run / "results.json").read_text())["test_acc"] == t["test_acc"] and t["threads"] == 1
+        results = json.loads((run / "results.json").read_text())
+        assert results["test_acc"] == t["test_acc"] and t["threads"] == results["threads"] == 1
     assert (s["jobs"], s["threads"]) == (1, 1)
     text = " ".join(said.split())
     assert "optim.lr=0.2, seed 1: test accuracy" in text and "(95% CI)" in text and "(baseline)" in text

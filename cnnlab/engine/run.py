@@ -160,6 +160,7 @@ def _train(recipe: Recipe, a: Assembled, trainer: pl.Trainer, folder: RunFolder,
         "parameters": weights["parameters"],
         "weights": weights,
         "device": device_info(trainer),
+        "threads": torch.get_num_threads(),  # intra-op threads: CPU reductions may differ in the last bits across counts
         "precision": recipe.trainer.precision,
         "conv_impl": a.conv,
         "versions": versions(),

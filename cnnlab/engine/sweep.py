@@ -120,10 +120,10 @@ def resources(spec: LauncherSpec, n_trials: int, gpu: bool, cluster: bool) -> tu
     elif cluster:
         jobs, why = n_trials, "every trial as its own Slurm job (the cluster schedules them)"
     elif gpu:
-        jobs, why = 1, "one cell at a time: the cells would share one GPU"
+        jobs, why = 1, "one trial at a time: the trials would share one GPU"
     else:
         jobs = max(1, min(n_trials, n))
-        why = f"one single-thread cell per core ({n} cores): small CNNs scale poorly with threads"
+        why = f"one single-thread trial per core ({n} cores): small CNNs scale poorly with threads"
     jobs = min(jobs, n_trials)
     threads = spec.threads if spec.threads != "auto" else max(1, n // jobs)
     if not cluster and jobs * threads > n:
