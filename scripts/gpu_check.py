@@ -67,7 +67,7 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
 
     from cnnlab import recipe as rc
     from cnnlab.env import versions
-    from cnnlab.tasks import bench_conv, bench_data, eval_tta, evaluate, finetune, profile, train
+    from cnnlab.tasks import bench_conv, bench_data, eval_tta, evaluate, finetune, profile, sweep, train
 
     gpu = accelerator == "cuda"
     if gpu and not torch.cuda.is_available():
@@ -108,6 +108,9 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
     ft = [] if gpu else ["data.subset=4", "data.test_subset=4", "trainer.max_epochs=1", "data.image_size=32"]
     c.run("finetune --regime linear (transfer_different)", lambda: summary(finetune.run(
         rc.load(RECIPES / "transfer_different.yaml", [*base, *ft]), "linear", progress=False)))
+    # jobs auto: one trial at a time on a GPU (the trials would share it), one per core on the CPU lane
+    c.run("sweep, 2 learning rates (jobs auto)", lambda: _sweep(sweep.run(
+        rc.load(RECIPES / "smoke.yaml", base), grid=["optim.lr=[0.05, 0.2]"], progress=False)))
     if gpu:
         c.run("fashion_mnist_fast (timed)", lambda: summary(train.run(
             rc.load(RECIPES / "fashion_mnist_fast.yaml", base), progress=False)))
@@ -128,6 +131,12 @@ def main(accelerator: str | None = None, out: Path | None = None) -> int:
     (dest / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"[gpu-check] {len(c.rows)} checks, {len(report['failed'])} failed: {dest / 'gpu-check.json'}")
     return 1 if report["failed"] else 0
+
+
+def _sweep(s: dict[str, Any]) -> dict[str, Any]:
+    return {"jobs": s["jobs"], "threads": s["threads"], "why": s["jobs_why"], "device": s["device"],
+            "cells": {r["cell"]: r.get("test_acc") for r in s["rows"]},
+            "failed": [t["id"] for t in s["trials"] if t["status"] != "done"]}
 
 
 def _conv(r: dict[str, Any]) -> dict[str, Any]:

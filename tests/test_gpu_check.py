@@ -62,13 +62,16 @@ def test_the_cpu_lane_runs_every_check_that_needs_no_cuda(tmp_path, monkeypatch)
     ran = {n for n, r in rows.items() if r["ok"]}
     assert {"smoke 32-true", "smoke bf16-true", "eval", "eval-tta", "smoke, 16-bit weights with stochastic rounding",
             "smoke, data.placement device", "bench-conv tf32=False", "bench-data",
-            "finetune --regime linear (transfer_different)", "profile smoke (split, verdict, peak memory predicted and measured)"} == ran
+            "finetune --regime linear (transfer_different)", "profile smoke (split, verdict, peak memory predicted and measured)",
+            "sweep, 2 learning rates (jobs auto)"} == ran
     assert {n for n, r in rows.items() if r["ok"] is None} == {"smoke 16-mixed", "fashion_mnist_fast (timed)", "profile --machine"}
     assert rows["eval"]["result"]["test_acc"] == pytest.approx(rows["eval"]["result"]["trained_test_acc"], abs=1e-6)
     assert rows["eval-tta"]["result"]["ten-crop"]["views"] == 10 and rows["bench-conv tf32=False"]["result"]["tf32"] is None
     assert rows["smoke bf16-true"]["result"]["precision"] == "bf16-true" and all(r["seconds"] > 0 for r in rows.values() if r["ok"])
     prof = rows["profile smoke (split, verdict, peak memory predicted and measured)"]["result"]
     assert prof["device"] == "cpu" and set(prof["split_ms"]) >= {"data", "forward", "backward", "rest"} and prof["peaks"]
+    swept = rows["sweep, 2 learning rates (jobs auto)"]["result"]
+    assert swept["failed"] == [] and len(swept["cells"]) == 2 and swept["device"]["type"] == "cpu"
 
 
 def test_the_check_refuses_cuda_where_there_is_none(tmp_path, monkeypatch):
