@@ -312,3 +312,12 @@ def test_a_sweeps_trials_are_child_runs_of_one_mlflow_parent_and_share_one_tenso
     acc = EventAccumulator(str(sweep / "tensorboard" / runs[0]))
     acc.Reload()
     assert "val/acc" in acc.Tags()["scalars"]
+
+
+def test_pool_processes_are_forked_only_where_that_is_safe():
+    from cnnlab.engine.sweep import can_fork
+    from cnnlab.engine.trackers import Group
+
+    assert can_fork(None, gpu=False) and can_fork(Group("s", tensorboard_dir="/tmp/tb"), gpu=False)
+    assert not can_fork(None, gpu=True)  # CUDA's driver, once asked, cannot cross a fork
+    assert not can_fork(Group("s", parent_run_id="abc"), gpu=False)  # nor an open SQLite connection

@@ -353,18 +353,20 @@ class Launch:
 
 # --------------------------------------------------------------------------- the driver
 
-def can_fork(group: Any) -> bool:
+def can_fork(group: Any, gpu: bool) -> bool:
     """Whether pool processes may be forked from the driver rather than started as fresh interpreters.
     A forked worker starts in milliseconds with torch and Lightning already imported; a fresh one
     spends seconds importing them (about 6 s on a 2-core machine, longer than a short trial), which
     took the whole gain of running trials side by side. Forking is safe here: the driver has
-    imported torch but run no kernels and made no CUDA context (a GPU sweep runs one trial at a
-    time), and PyTorch resets its thread pools in a forked child, as DataLoader workers rely on.
-    Not with an MLflow group: the driver then holds an open SQLite connection, which must not be
-    shared across a fork."""
+    imported torch but run no kernels, and PyTorch resets its thread pools in a forked child, as
+    DataLoader workers rely on. Not for trials on a GPU (`--jobs 2` asked for explicitly): asking
+    whether CUDA is there initialised its driver in this process, and a forked child cannot use
+    CUDA then. Not with an MLflow group: the driver then holds an open SQLite connection, which
+    must not be shared across a fork."""
     import multiprocessing
 
-    return "fork" in multiprocessing.get_all_start_methods() and (group is None or group.parent_run_id is None)
+    return ("fork" in multiprocessing.get_all_start_methods() and not gpu
+            and (group is None or group.parent_run_id is None))
 
 
 def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_trial: Report | None = None,
@@ -388,7 +390,8 @@ def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_tri
         if (kept := finished(root / "cells" / t.id)) is not None:
             outcomes[t.id] = kept
     todo = [t for t in p.trials if t.id not in outcomes]
-    jobs, threads, why = resources(spec, max(1, len(todo)), on_gpu(first), slurm)
+    gpu = on_gpu(first)
+    jobs, threads, why = resources(spec, max(1, len(todo)), gpu, slurm)
     try:  # a resumed sweep keeps its group: its trials stay children of the same parent run
         group_raw = json.loads((root / PLAN).read_text()).get("tracking")
     except (OSError, ValueError):
@@ -409,7 +412,7 @@ def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_tri
     t0 = time.perf_counter()
     try:
         with interruptible("sweeping"):
-            Launch(root, todo, jobs, threads, spec, report, progress and jobs == 1, can_fork(group)).run()
+            Launch(root, todo, jobs, threads, spec, report, progress and jobs == 1, can_fork(group, gpu)).run()
     except Interrupted as e:
         s = summary(p, root, outcomes, record, time.perf_counter() - t0)
         finished_n = sum(o["status"] in KEPT for o in outcomes.values())
