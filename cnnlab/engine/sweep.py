@@ -134,15 +134,21 @@ def resources(spec: LauncherSpec, n_trials: int, gpu: bool, cluster: bool) -> tu
 
 # --------------------------------------------------------------------------- one trial
 
-def finished(folder: Path) -> dict[str, Any] | None:
-    """A trial's recorded outcome, if it is one a resumed sweep keeps."""
+def _record(path: Path) -> dict[str, Any] | None:
+    """A JSON mapping cnnlab wrote (an outcome, results), or None: missing, torn or not a mapping."""
     import json
 
     try:
-        o = json.loads((folder / OUTCOME).read_text())
+        o = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return o if isinstance(o, dict) and o.get("status") in KEPT else None
+    return o if isinstance(o, dict) else None
+
+
+def finished(folder: Path) -> dict[str, Any] | None:
+    """A trial's recorded outcome, if it is one a resumed sweep keeps."""
+    o = _record(folder / OUTCOME)
+    return o if o is not None and o.get("status") in KEPT else None
 
 
 def run_trial(sweep_dir: str, trial_id: str, threads: int, progress: bool = False) -> dict[str, Any]:
@@ -182,7 +188,7 @@ def run_trial(sweep_dir: str, trial_id: str, threads: int, progress: bool = Fals
     except Diverged as e:
         out.update(status="diverged", why=str(e).splitlines()[0], diverged={"step": e.step, "checkpoint": e.checkpoint})
     except Interrupted as e:
-        res = _results(folder)
+        res = _record(folder / "results.json")
         if res and "test_acc" in res:  # the signal came after training: the run finished
             out.update(status="done", **_numbers(res, folder))
         else:
@@ -199,15 +205,6 @@ def run_trial(sweep_dir: str, trial_id: str, threads: int, progress: bool = Fals
         write_recipe(folder, recipe.dump())
     write_json(folder / OUTCOME, out)
     return out
-
-
-def _results(folder: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _numbers(res: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -280,7 +277,7 @@ class Launch:
             futures: dict[Future, Trial] = {pool.submit(run_trial, str(self.root), t.id, self.threads): t for t in self.todo}
             self._collect(futures)
 
-    def _collect(self, futures: dict[Future, Any]) -> None:
+    def _collect(self, futures: dict[Future, Trial]) -> None:
         """Report each outcome as it arrives. An Interrupted raised here (a signal to the driver) is
         passed to the trials in flight, and the outcomes they end with are collected before it
         propagates, so the partial table holds them."""
@@ -296,11 +293,10 @@ class Launch:
                 f.cancel()
             for f in pending:
                 if not f.cancelled():
-                    self.report(self._outcome(f, futures[f], wait_for_it=True))
+                    self.report(self._outcome(f, futures[f]))  # waits for the trial to stop
             raise
 
-    def _outcome(self, f: Future, t: Any, wait_for_it: bool = False) -> dict[str, Any]:
-        trial = t if isinstance(t, Trial) else t[0]
+    def _outcome(self, f: Future, trial: Trial) -> dict[str, Any]:
         try:
             return f.result()
         except Exception as e:  # the process died (killed, out of memory): the trial failed, the sweep goes on
@@ -377,7 +373,6 @@ def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_tri
     folder), made here once before any trial starts. SIGINT or SIGTERM stops the sweep once the
     trials in flight have reached a checkpoint: sweep.json holds the partial table (marked
     interrupted) and `Interrupted` names the command that resumes it."""
-    import json
     import time
 
     from cnnlab.engine import trackers
@@ -392,10 +387,7 @@ def drive(p: Plan, root: Path, spec: LauncherSpec, progress: bool = True, on_tri
     todo = [t for t in p.trials if t.id not in outcomes]
     gpu = on_gpu(first)
     jobs, threads, why = resources(spec, max(1, len(todo)), gpu, slurm)
-    try:  # a resumed sweep keeps its group: its trials stay children of the same parent run
-        group_raw = json.loads((root / PLAN).read_text()).get("tracking")
-    except (OSError, ValueError):
-        group_raw = None
+    group_raw = (_record(root / PLAN) or {}).get("tracking")  # a resumed sweep keeps its group: the same parent run
     group = trackers.Group.from_dict(group_raw) if group_raw else trackers.open_group(first, root, root.name)
     record = {**p.to_dict(), "launcher": spec.model_dump(), "jobs": jobs, "threads": threads, "jobs_why": why,
               "cores": cores(), "command": command, "tracking": group.to_dict() if group else None}
