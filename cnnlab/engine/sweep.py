@@ -51,6 +51,22 @@ class Plan:
                 "cells": [{"label": c.label, "overrides": c.overrides, "values": c.values} for c in self.cells],
                 "trials": [t.to_dict() for t in self.trials]}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str, preflight: bool = True) -> "Plan":
+        """The plan a sweep folder's plan.json holds, every trial's recipe validated again (and, with
+        `preflight`, checked against this machine). Raises KeyError or TypeError for a record that
+        is not a plan."""
+        ts = [Trial(**t) for t in d["trials"]]
+        p = cls(d["base"], [Cell(c["label"], c["overrides"], c["values"]) for c in d["cells"]], ts, d["seeds"],
+                d["grid"], d["variants"])
+        p.recipes = {t.id: trial_recipe(p.base, t.overrides, t.seed, f"{source} trial {t.id}", preflight) for t in ts}
+        return p
+
+
+def trial_recipe(base: dict[str, Any], overrides: list[str], seed: int, source: str, preflight: bool = False) -> Recipe:
+    """A trial's recipe: the sweep's base with the cell's overrides and the seed. Raises RecipeError."""
+    return load(None, [*overrides, f"seed={seed}"], base=base, preflight=preflight, source=source)
+
 
 def plan(recipe: Recipe, grid: dict[str, list[Any]] | None = None, seeds: list[int] | None = None,
          source: str = "the sweep", preflight: bool = True) -> Plan:
@@ -67,7 +83,7 @@ def plan(recipe: Recipe, grid: dict[str, list[Any]] | None = None, seeds: list[i
     problems: list[str] = []
     for c in cell_list:
         try:
-            load(None, [*c.overrides, f"seed={seeds[0]}"], base=base, preflight=preflight)
+            trial_recipe(base, c.overrides, seeds[0], "--set overrides", preflight)
         except RecipeError as e:
             problems += [_where(c, p.strip(), grid, variants) for p in e.problems]
     if problems:
@@ -77,7 +93,7 @@ def plan(recipe: Recipe, grid: dict[str, list[Any]] | None = None, seeds: list[i
         raise RecipeError(source, problems)
     ts = trials(cell_list, seeds)
     p = Plan(base, cell_list, ts, seeds, grid, variants)
-    p.recipes = {t.id: load(None, [*t.overrides, f"seed={t.seed}"], base=base, source=f"sweep trial {t.id}") for t in ts}
+    p.recipes = {t.id: trial_recipe(base, t.overrides, t.seed, f"sweep trial {t.id}") for t in ts}
     return p
 
 
@@ -180,7 +196,7 @@ def run_trial(sweep_dir: str, trial_id: str, threads: int, progress: bool = Fals
     resume = folder if (folder / "checkpoints" / "last.ckpt").is_file() else None
     recipe = None
     try:
-        recipe = load(None, [*t["overrides"], f"seed={t['seed']}"], base=p["base"], source=f"sweep trial {trial_id}")
+        recipe = trial_recipe(p["base"], t["overrides"], t["seed"], f"sweep trial {trial_id}")
         recipe.output.dir, recipe.output.name = str(root / "cells"), trial_id
         group = Group.from_dict(p["tracking"]) if p.get("tracking") else None
         res = train(recipe, resume=resume, run_dir=folder, progress=progress, tracking=group, cell=trial_id)

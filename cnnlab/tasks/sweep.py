@@ -11,11 +11,11 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from cnnlab.engine.assemble import require_one_process
-from cnnlab.engine.sweep import PLAN, Plan, Trial, drive, plan
+from cnnlab.engine.sweep import PLAN, Plan, drive, plan
 from cnnlab.errors import UserError
 from cnnlab.io import new_run_dir, write_recipe
-from cnnlab.recipe import Recipe, load
-from cnnlab.sweep.grid import Cell, parse_grid
+from cnnlab.recipe import Recipe
+from cnnlab.sweep.grid import parse_grid
 from cnnlab.sweep.spec import LauncherSpec
 
 
@@ -55,15 +55,10 @@ def resume(sweep_dir: Path, jobs: str | None = None, threads: str | None = None,
     root = Path(sweep_dir)
     try:
         record = json.loads((root / PLAN).read_text())
-        base, trials = record["base"], [Trial(**t) for t in record["trials"]]
-        cell_list = [Cell(c["label"], c["overrides"], c["values"]) for c in record["cells"]]
+        p = Plan.from_dict(record, str(root / PLAN))
         spec_raw = record["launcher"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         why = "no plan.json" if isinstance(e, FileNotFoundError) else "its plan.json is not one cnnlab wrote"
         raise UserError(f"--resume: {root} is not a sweep folder ({why})") from None
-    load(None, [], base=base, preflight=True, source=f"{root / PLAN}")  # this machine can run it
-    p = Plan(base, cell_list, trials, record["seeds"], record["grid"], record["variants"])
-    p.recipes = {t.id: load(None, [*t.overrides, f"seed={t.seed}"], base=base, preflight=True,
-                            source=f"{root / PLAN} trial {t.id}") for t in trials}
     spec = launcher(LauncherSpec.model_validate(spec_raw), jobs, threads, launcher_name)
     return drive(p, root, spec, progress, on_trial, record.get("command", "cnnlab sweep"))
